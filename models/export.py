@@ -1,0 +1,139 @@
+"""Export a torch classifier to ONNX the way onnxq expects it.
+
+Opset 21, dynamic batch, BatchNorm folded into Conv, readable names, no exporter debug metadata,
+and the preprocessing recorded in ``metadata_props``. The export is checked against torch on a
+random input before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq import modelio, progress, runtime
+from onnxq.errors import OnnxqError
+from onnxq.models import efficientnet_lite, torchvision_zoo
+from onnxq.passes.fold_batchnorm import FoldBatchNormPass
+from onnxq.passes.name_after_weights import NameAfterWeightsPass
+from onnxq.preprocessing import Preprocessing
+
+SOURCE_KEY = "onnxq.source"
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    model: str
+    weights: str
+    preprocessing: Preprocessing
+    max_abs_difference: float  # ONNX Runtime vs torch on a random input
+
+
+def model_names() -> list[str]:
+    """Every model name ``onnxq export`` accepts."""
+    return sorted(efficientnet_lite.NAMES) + _torchvision_names()
+
+
+def _torchvision_names() -> list[str]:
+    try:
+        return torchvision_zoo.available()
+    except ImportError:
+        return []
+
+
+def export_model(
+    name: str,
+    destination: str | Path,
+    weights: str | None = None,
+    random_weights: bool = False,
+    seed: int = 0,
+) -> ExportResult:
+    """Build ``name`` (torchvision classifier or ``efficientnet_lite*``) and export it."""
+    torch = _import_torch()
+    destination = Path(destination)
+    stages = iter(("build", "trace", "optimize", "verify", "save"))
+    bar = progress.track(stages, f"exporting {name}", total=5)
+    next(bar)
+    torch.manual_seed(seed)
+    if name in efficientnet_lite.NAMES:
+        module, preprocessing, source = efficientnet_lite.build(name, weights, random_weights)
+    else:
+        module, preprocessing, source = torchvision_zoo.build(name, weights, random_weights)
+    module.eval()
+    next(bar)
+    model = _trace(torch, module, preprocessing.crop)
+    next(bar)
+    _clean(model)
+    modelio.set_preprocessing(model, preprocessing)
+    model.metadata_props[SOURCE_KEY] = f"{name} ({source})"
+    next(bar)
+    difference = _compare_with_torch(torch, module, model, preprocessing.crop, seed)
+    next(bar)
+    modelio.save_model(model, destination)
+    for _ in bar:
+        pass
+    return ExportResult(destination, name, source, preprocessing, difference)
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        raise OnnxqError("exporting needs torch: pip install 'onnxq[export]'") from None
+    return torch
+
+
+def _trace(torch, module, size: int) -> ir.Model:
+    example = (torch.randn(1, 3, size, size),)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            example,
+            dynamo=True,
+            opset_version=modelio.TARGET_OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            optimize=True,
+            verbose=False,
+        )
+    return program.model
+
+
+def _clean(model: ir.Model) -> None:
+    """Fold BatchNorm, drop exporter debug metadata, name nodes after their layers."""
+    ir.passes.PassManager(
+        [
+            FoldBatchNormPass(),
+            ir.passes.common.ClearMetadataAndDocStringPass(),
+            ir.passes.common.RemoveUnusedNodesPass(),
+            ir.passes.common.TopologicalSortPass(),
+            NameAfterWeightsPass(),
+        ]
+    )(model)
+    model.producer_name = "onnxq"
+    model.producer_version = ""
+    model.ir_version = max(model.ir_version, modelio.MIN_IR_VERSION)
+
+
+def _compare_with_torch(torch, module, model: ir.Model, size: int, seed: int) -> float:
+    """Max |ONNX Runtime − torch| on two random images; fails loudly if the export is wrong."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(2, 3, size, size, generator=generator)
+    with torch.no_grad():
+        expected = module(pixels).numpy()
+    session = runtime.create_session(model, ep="cpu")
+    actual = session.run(None, {INPUT_NAME: pixels.numpy()})[0]
+    difference = float(np.abs(actual - expected).max())
+    if difference > 1e-3 * max(1.0, float(np.abs(expected).max())):
+        raise OnnxqError(f"export check failed: ONNX Runtime differs from torch by {difference:.3g}")
+    return difference

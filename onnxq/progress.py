@@ -1,0 +1,64 @@
+"""Progress bars on stderr (rich), silenced by ``--quiet``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+T = TypeVar("T")
+
+console = Console(stderr=True)
+_state = {"quiet": False}
+
+
+def set_quiet(quiet: bool) -> None:
+    """Silence (or restore) progress bars and status messages."""
+    _state["quiet"] = quiet
+
+
+def is_quiet() -> bool:
+    return _state["quiet"]
+
+
+def status(message: str) -> None:
+    """One status line on stderr, unless quiet."""
+    if not _state["quiet"]:
+        console.print(message, highlight=False)
+
+
+def track(
+    items: Iterable[T],
+    description: str,
+    total: int | None = None,
+    size: Callable[[T], int] = lambda item: 1,
+) -> Iterator[T]:
+    """Yield ``items`` while drawing a bar that advances by ``size(item)`` up to ``total``.
+
+    Bars are drawn only on a terminal; logs and pipes get no progress output.
+    """
+    if _state["quiet"] or not console.is_terminal:
+        yield from items
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task, size(item))

@@ -1,0 +1,48 @@
+"""ONNX Runtime sessions: the CUDA execution provider when present, the CPU one otherwise."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+import onnxruntime as ort
+
+from onnxq.errors import OnnxqError
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+EP_CHOICES = ("auto", "cuda", "cpu")
+
+
+def providers(ep: str = "auto") -> list[str]:
+    """The provider list for ``ep`` (``auto``: CUDA when this onnxruntime build has it)."""
+    available = ort.get_available_providers()
+    if ep == "cpu":
+        return [CPU]
+    if ep == "cuda":
+        if CUDA not in available:
+            raise OnnxqError("the CUDA execution provider is not available (pip install onnxruntime-gpu)")
+        return [CUDA, CPU]
+    if ep == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    raise OnnxqError(f"unknown execution provider {ep!r} (choose from {', '.join(EP_CHOICES)})")
+
+
+def create_session(
+    model: ir.Model | bytes | str, ep: str = "auto", threads: int | None = None
+) -> ort.InferenceSession:
+    """An inference session for an in-memory model, serialized bytes or a file path."""
+    if isinstance(model, ir.Model):
+        model = ir.serde.serialize_model(model).SerializeToString()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(model, options, providers=providers(ep))
+    except (ort.capi.onnxruntime_pybind11_state.Fail, RuntimeError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise OnnxqError(f"ONNX Runtime cannot load the model: {first_line}") from None
+
+
+def active_provider(session: ort.InferenceSession) -> str:
+    """The provider that runs the session's nodes first (CUDA falls back to CPU silently)."""
+    return session.get_providers()[0]

@@ -1,0 +1,143 @@
+"""Insert QuantizeLinear → DequantizeLinear on feature tensors with calibrated parameters.
+
+Per-tensor parameters are scalars; per-channel and per-group ones are per-axis (axis 1) with
+one entry per channel, a group's value repeated over its channels. Feature codes are always
+stored as (u)int8; narrower widths add a Clip to their range between Q and DQ. (ONNX Runtime
+1.32's Relu/Clip→QuantizeLinear fusions mishandle 4-bit types: Relu→Q(int4) drops the Relu and
+returns wrong values, Clip→Q(uint4) can fail to load, so 4-bit QuantizeLinear is never used.)
+"""
+
+from __future__ import annotations
+
+__all__ = ["FeatureParams", "InsertFeatureQDQPass"]
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq import quant_math
+from onnxq.graph import add_initializer, name_output, values_by_name
+from onnxq.passes.quantize_weights import storage_type
+from onnxq.plan import FeatureTarget
+from onnxq.schemes import Granularity, Scheme
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureParams:
+    """Calibrated scale and zero point of one feature tensor, per channel (or a scalar)."""
+
+    scale: np.ndarray  # float32, shape () or [C]
+    zero_point: np.ndarray  # int32, same shape
+    scheme: Scheme
+
+    @property
+    def per_axis(self) -> bool:
+        return self.scale.ndim == 1
+
+    def fake_quantize(self, x: np.ndarray) -> np.ndarray:
+        """The numpy reference of what the inserted Q/DQ pair computes on ``x [N, C, ...]``."""
+        shape = (1, -1) + (1,) * (x.ndim - 2) if self.per_axis else ()
+        return quant_math.fake_quantize(
+            x,
+            self.scale.reshape(shape),
+            self.zero_point.reshape(shape),
+            self.scheme.bits,
+            self.scheme.signed,
+        )
+
+    @classmethod
+    def from_group_ranges(
+        cls, lo: np.ndarray, hi: np.ndarray, channels: int, scheme: Scheme
+    ) -> FeatureParams:
+        """Parameters from per-group ranges (one group per tensor, channel or ``gs`` channels)."""
+        scale, zero_point = quant_math.scale_and_zero_point(lo, hi, scheme.bits, scheme.symmetric)
+        if scheme.granularity is Granularity.TENSOR:
+            return cls(scale.reshape(()), zero_point.reshape(()), scheme)
+        group_of = np.arange(channels) // (scheme.group_size or 1)
+        return cls(scale[group_of], zero_point[group_of], scheme)
+
+
+class InsertFeatureQDQPass(ir.passes.InPlacePass):
+    """For each target tensor ``x``: ``x → x_q → [x_clip →] x_dq``, read by the target consumers.
+
+    Initializers ``x_scale`` and ``x_zero_point`` hold the parameters; consumers not named in
+    the target keep reading the float tensor.
+    """
+
+    def __init__(
+        self, targets: Sequence[FeatureTarget], params: Mapping[str, FeatureParams]
+    ) -> None:
+        super().__init__()
+        self.targets = list(targets)
+        self.params = dict(params)
+
+    def requires(self, model: ir.Model) -> None:
+        missing = [t.tensor for t in self.targets if t.tensor not in self.params]
+        if missing:
+            raise ir.passes.PreconditionError(f"no calibrated parameters for {missing[:3]}")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        values = values_by_name(graph)
+        nodes = {node.name: node for node in graph}
+        for target in self.targets:
+            value = values[target.tensor]
+            restored = self._insert(graph, value, self.params[target.tensor])
+            for consumer in target.consumers:
+                node = nodes[consumer]
+                for index, node_input in enumerate(node.inputs):
+                    if node_input is value:
+                        node.replace_input_with(index, restored)
+        return ir.passes.PassResult(model, modified=bool(self.targets))
+
+    def _insert(self, graph: ir.Graph, value: ir.Value, params: FeatureParams) -> ir.Value:
+        name = value.name
+        scheme = params.scheme
+        dtype = storage_type(8, scheme.signed)
+        scale = add_initializer(graph, f"{name}_scale", params.scale, ir.DataType.FLOAT)
+        zero_point = add_initializer(graph, f"{name}_zero_point", params.zero_point, dtype)
+        axis = {"axis": 1} if params.per_axis else {}
+        metadata = feature_metadata(scheme)
+        quantize = ir.node(
+            "QuantizeLinear", [value, scale, zero_point], axis, name=f"{name}_q",
+            metadata_props=metadata,
+        )
+        codes = name_output(quantize, f"{name}_quantized", dtype, value.shape)
+        new_nodes = [quantize]
+        if scheme.bits != 8:
+            qmin, qmax = quant_math.integer_range(scheme.bits, scheme.signed)
+            clip = ir.node(
+                "Clip",
+                [
+                    codes,
+                    add_initializer(graph, f"{name}_qmin", np.asarray(qmin), dtype),
+                    add_initializer(graph, f"{name}_qmax", np.asarray(qmax), dtype),
+                ],
+                name=f"{name}_clip",
+            )
+            codes = name_output(clip, f"{name}_clipped", dtype, value.shape)
+            new_nodes.append(clip)
+        dequantize = ir.node(
+            "DequantizeLinear", [codes, scale, zero_point], axis, name=f"{name}_dq",
+            metadata_props=metadata,
+        )
+        restored = name_output(dequantize, f"{name}_dq", ir.DataType.FLOAT, value.shape)
+        new_nodes.append(dequantize)
+        if value.producer() is not None:
+            graph.insert_after(value.producer(), new_nodes)
+        else:
+            graph.insert_before(graph[0], new_nodes)
+        return restored
+
+
+def feature_metadata(scheme: Scheme) -> dict[str, str]:
+    """Node metadata naming the feature scheme, for reports and Netron."""
+    return {
+        "onnxq.role": "feature",
+        "onnxq.bits": str(scheme.bits),
+        "onnxq.scheme": scheme.name,
+        "onnxq.group_channels": str(scheme.group_size or ""),
+        "onnxq.observer": scheme.observer.value,
+    }

@@ -1,0 +1,208 @@
+"""Replace constant Conv/Gemm/MatMul weights by integer codes and a DequantizeLinear.
+
+Per-tensor and per-channel 8-bit weights use a plain (per-axis) DequantizeLinear on the original
+weight, the pattern ONNX Runtime fuses into integer kernels. Everything else (any weight stored
+in 4 bits, any per-group weight) uses opset-21 blocked DequantizeLinear on a 2-D view of the
+weight followed by a Reshape: for a Conv weight ``[O, I, kh, kw]`` the view is
+``[O, I·kh·kw]`` and a group of ``gs`` input channels is a block of ``gs·kh·kw`` values.
+"""
+
+from __future__ import annotations
+
+__all__ = ["QuantizeWeightsPass", "QuantizedWeight", "quantize_weight"]
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq import observers, quant_math
+from onnxq.graph import add_initializer, name_output
+from onnxq.plan import WeightTarget
+from onnxq.schemes import Granularity, Scheme
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedWeight:
+    """Integer codes as stored in the graph and the DequantizeLinear parameters that restore them."""
+
+    codes: np.ndarray  # int32 values; the stored layout (original, or a 2-D view when blocked)
+    scale: np.ndarray  # float32, shaped as DequantizeLinear's scale input
+    zero_point: np.ndarray | None  # int32 like scale; None for symmetric schemes
+    axis: int | None  # DequantizeLinear axis (None for per-tensor)
+    block_size: int | None  # blocked DequantizeLinear block size (None when not blocked)
+    shape: tuple[int, ...]  # the original weight shape
+    group_channels: int  # input channels per scale group (all of them for per-channel)
+    scheme: Scheme
+
+    @property
+    def blocked(self) -> bool:
+        return self.block_size is not None
+
+    def dequantize(self) -> np.ndarray:
+        """What the graph's DequantizeLinear (and Reshape) compute, in numpy."""
+        scale, zero_point = self.scale, self.zero_point
+        if zero_point is None:
+            zero_point = np.zeros_like(scale, dtype=np.int32)
+        if self.blocked:
+            scale = np.repeat(scale, self.block_size, axis=self.axis)
+            zero_point = np.repeat(zero_point, self.block_size, axis=self.axis)
+            index = [slice(None)] * self.codes.ndim
+            index[self.axis] = slice(0, self.codes.shape[self.axis])
+            scale, zero_point = scale[tuple(index)], zero_point[tuple(index)]
+        elif self.axis is not None:
+            expand = [1] * self.codes.ndim
+            expand[self.axis] = -1
+            scale, zero_point = scale.reshape(expand), zero_point.reshape(expand)
+        return quant_math.dequantize(self.codes, scale, zero_point).reshape(self.shape)
+
+
+def quantize_weight(weight: np.ndarray, out_axis: int, scheme: Scheme) -> QuantizedWeight:
+    """Quantize ``weight`` (output channels along ``out_axis``) with ``scheme``."""
+    weight = np.asarray(weight, dtype=np.float32)
+    view = _channel_view(weight, out_axis, scheme)
+    in_channels = weight.shape[1 - out_axis] if weight.ndim == 2 else weight.shape[1]
+    kernel = view.shape[1] // in_channels if scheme.granularity is not Granularity.TENSOR else 1
+    block, group_channels = _block(view, in_channels, kernel, scheme)
+    groups, mask = quant_math.group_rows(view, block)
+    lo, hi = observers.weight_ranges(groups, mask, scheme)
+    scale, zero_point = quant_math.scale_and_zero_point(lo, hi, scheme.bits, scheme.symmetric)
+    cols = view.shape[1]
+    codes = quant_math.quantize(
+        view,
+        quant_math.expand_groups(scale, block, cols),
+        quant_math.expand_groups(zero_point, block, cols),
+        scheme.bits,
+        scheme.signed,
+    )
+    zero_point = None if scheme.symmetric else zero_point
+    return _stored_form(weight, out_axis, codes, scale, zero_point, block, group_channels, scheme)
+
+
+def _channel_view(weight: np.ndarray, out_axis: int, scheme: Scheme) -> np.ndarray:
+    """``[rows, cols]`` with one output channel per row (one row for per-tensor)."""
+    if scheme.granularity is Granularity.TENSOR:
+        return weight.reshape(1, -1)
+    rows = weight if out_axis == 0 else weight.T
+    return rows.reshape(rows.shape[0], -1)
+
+
+def _block(view: np.ndarray, in_channels: int, kernel: int, scheme: Scheme) -> tuple[int, int]:
+    """Values per scale block and input channels per group."""
+    if scheme.granularity is Granularity.GROUP:
+        group_channels = min(scheme.group_size, in_channels)
+        return group_channels * kernel, group_channels
+    return view.shape[1], in_channels
+
+
+def _stored_form(
+    weight: np.ndarray,
+    out_axis: int,
+    codes: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray | None,
+    block: int,
+    group_channels: int,
+    scheme: Scheme,
+) -> QuantizedWeight:
+    """Lay out codes and parameters the way DequantizeLinear will read them."""
+    common = dict(shape=weight.shape, group_channels=group_channels, scheme=scheme)
+    if scheme.bits > 4 and scheme.granularity is Granularity.TENSOR:
+        return QuantizedWeight(
+            codes.reshape(weight.shape), scale.reshape(()),
+            None if zero_point is None else zero_point.reshape(()), None, None, **common,
+        )
+    if scheme.bits > 4 and scheme.granularity is Granularity.CHANNEL:
+        rows = codes.reshape((weight if out_axis == 0 else weight.T).shape)
+        return QuantizedWeight(
+            rows if out_axis == 0 else rows.T, scale.reshape(-1),
+            None if zero_point is None else zero_point.reshape(-1), out_axis, None, **common,
+        )
+    if out_axis == 1 and scheme.granularity is not Granularity.TENSOR:
+        # A [K, N] weight keeps its layout: blocks run down axis 0.
+        return QuantizedWeight(
+            codes.T, scale.T, None if zero_point is None else zero_point.T, 0, block, **common
+        )
+    return QuantizedWeight(codes, scale, zero_point, 1, block, **common)
+
+
+def storage_type(bits: int, signed: bool) -> ir.DataType:
+    """The narrowest ONNX integer type holding ``bits``-bit codes."""
+    if bits <= 4:
+        return ir.DataType.INT4 if signed else ir.DataType.UINT4
+    return ir.DataType.INT8 if signed else ir.DataType.UINT8
+
+
+class QuantizeWeightsPass(ir.passes.InPlacePass):
+    """Quantize the weights named by ``targets`` (see ``onnxq.plan``) in place.
+
+    Adds initializers ``<w>_quantized``, ``<w>_scale`` (and ``<w>_zero_point``), a
+    DequantizeLinear ``<w>_dq`` and, for blocked weights, a Reshape ``<w>_reshape``; the node
+    reads the dequantized weight, and the float initializer goes once nothing else reads it.
+    """
+
+    def __init__(self, targets: Sequence[WeightTarget]) -> None:
+        super().__init__()
+        self.targets = list(targets)
+        self.quantized: dict[str, QuantizedWeight] = {}
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        nodes = {node.name: node for node in model.graph}
+        restored: dict[str, ir.Value] = {}
+        for target in self.targets:
+            node = nodes[target.node]
+            if target.weight not in restored:
+                restored[target.weight] = self._quantize(model.graph, node, target)
+            old = node.inputs[target.input_index]
+            node.replace_input_with(target.input_index, restored[target.weight])
+            if not old.uses() and old.is_initializer():
+                model.graph.initializers.pop(old.name)
+        return ir.passes.PassResult(model, modified=bool(self.targets))
+
+    def _quantize(self, graph: ir.Graph, node: ir.Node, target: WeightTarget) -> ir.Value:
+        weight = node.inputs[target.input_index]
+        quantized = quantize_weight(weight.const_value.numpy(), target.out_axis, target.scheme)
+        self.quantized[target.weight] = quantized
+        name = target.weight
+        dtype = storage_type(target.scheme.bits, target.scheme.signed)
+        inputs = [
+            add_initializer(graph, f"{name}_quantized", quantized.codes, dtype),
+            add_initializer(graph, f"{name}_scale", quantized.scale, ir.DataType.FLOAT),
+        ]
+        if quantized.zero_point is not None:
+            inputs.append(add_initializer(graph, f"{name}_zero_point", quantized.zero_point, dtype))
+        attributes = {}
+        if quantized.axis is not None:
+            attributes["axis"] = quantized.axis
+        if quantized.blocked:
+            attributes["block_size"] = quantized.block_size
+        dq = ir.node(
+            "DequantizeLinear", inputs, attributes, name=f"{name}_dq",
+            metadata_props=weight_metadata(quantized),
+        )
+        result = name_output(dq, f"{name}_dq", ir.DataType.FLOAT, ir.Shape(quantized.codes.shape))
+        new_nodes = [dq]
+        if quantized.codes.shape != quantized.shape:
+            shape = add_initializer(
+                graph, f"{name}_shape", np.asarray(quantized.shape, np.int64), ir.DataType.INT64
+            )
+            reshape = ir.node("Reshape", [result, shape], name=f"{name}_reshape")
+            result = name_output(
+                reshape, f"{name}_dq_reshaped", ir.DataType.FLOAT, ir.Shape(quantized.shape)
+            )
+            new_nodes.append(reshape)
+        graph.insert_before(node, new_nodes)
+        return result
+
+
+def weight_metadata(quantized: QuantizedWeight) -> dict[str, str]:
+    """Node metadata that lets a reader (``onnxq report``, Netron) see the scheme."""
+    scheme = quantized.scheme
+    return {
+        "onnxq.role": "weight",
+        "onnxq.bits": str(scheme.bits),
+        "onnxq.scheme": scheme.name,
+        "onnxq.group_channels": str(quantized.group_channels),
+        "onnxq.observer": scheme.observer.value,
+    }

@@ -1,0 +1,52 @@
+"""Shared fixtures: the real sample images, a tiny generated CNN and exported real models."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import tiny_cnn  # noqa: E402
+
+from onnxq import progress  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_DIR = REPO.parent / "shared" / "data" / "imagenet-sample"
+
+progress.set_quiet(True)
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """The 500 real ImageNet images (one per class) shipped beside the repository."""
+    if not SAMPLE_DIR.is_dir():
+        pytest.fail(f"{SAMPLE_DIR} is missing: the tests need ../shared/data")
+    return SAMPLE_DIR
+
+
+@pytest.fixture(scope="session")
+def sample_images(sample_dir):
+    from onnxq import data
+
+    return data.find_images(sample_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    onnx.save(tiny_cnn(), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def effnet_path(tmp_path_factory) -> Path:
+    """EfficientNet-Lite0 with its real ImageNet weights, exported once per test worker."""
+    from onnxq.models.export import export_model
+
+    path = tmp_path_factory.mktemp("effnet") / "efficientnet_lite0.onnx"
+    export_model("efficientnet_lite0", path)
+    return path
