@@ -8,7 +8,7 @@ from pathlib import Path
 from onnxq import data, evaluate, modelio, progress
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
-from onnxq.quantize import quantize
+from onnxq.experiment import run_row
 from onnxq.schemes import Scheme
 from onnxq.tables import Row, markdown_table
 
@@ -60,17 +60,12 @@ def run_demo(data_dir: Path | None, workdir: Path, calib_size: int, ep: str) -> 
 
         export_model(MODEL, float_path)
     preprocessing = modelio.get_preprocessing(modelio.load_model(float_path))
-    baseline = evaluate.evaluate(str(float_path), evaluation, preprocessing, ep=ep,
-                                 description="evaluating fp32")
+    baseline = evaluate.evaluate(str(float_path), evaluation, preprocessing, ep=ep)
     rows = [Row.float_baseline(MODEL, baseline)]
     for tag, config, remark in CONFIGS:
-        model = modelio.load_model(float_path)
-        quantize(model, config, calibration, preprocessing, ep=ep)
-        path = workdir / f"{MODEL}_{tag}.onnx"
-        modelio.save_model(model, path)
-        result = evaluate.evaluate(str(path), evaluation, preprocessing, ep=ep,
-                                   description=f"evaluating {tag}")
-        rows.append(Row.from_config(MODEL, config, result, remark))
+        output = workdir / f"{MODEL}_{tag}.onnx"
+        row = run_row(float_path, config, calibration, evaluation, output, ep=ep)
+        rows.append(Row.from_config(MODEL, config, row.result, remark))
     progress.status(
         f"calibrated on {len(calibration)} images, evaluated on {len(evaluation)}"
         + (" (the same images)" if calibration is evaluation else " (disjoint)")

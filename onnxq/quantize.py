@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from onnxq import calibration, modelio, progress
+from onnxq import __version__, calibration, modelio, progress
 from onnxq.config import METADATA_KEY, QuantConfig
 from onnxq.data import ImageSet
 from onnxq.errors import OnnxqError
@@ -42,26 +42,38 @@ def quantize(
     batch_size: int = 16,
     ep: str = "auto",
 ) -> QuantizeResult:
-    """Quantize ``model`` in place as ``config`` says; features are calibrated on the images."""
+    """Quantize ``model`` in place as ``config`` says; features are calibrated on the images.
+
+    Stages, in order: (1) function-preserving rewrites of the float model, (2) the plan of
+    weights and features, (3) feature calibration, (4) the Q/DQ passes, (5) metadata.
+    """
     start = time.perf_counter()
+    preprocessing = preprocessing or modelio.get_preprocessing(model) or PRESETS["torchvision"]
+    sample = (
+        calibration_images.sample(config.calib_size, config.seed)
+        if calibration_images is not None
+        else None
+    )
     plan = make_plan(model, config)
     if not plan.weights and not plan.features:
         raise OnnxqError("nothing to quantize: no Conv, Gemm or MatMul with constant weights")
-    preprocessing = preprocessing or modelio.get_preprocessing(model) or PRESETS["torchvision"]
     features: dict[str, FeatureParams] = {}
-    used = 0
     if plan.features:
-        if calibration_images is None:
+        if sample is None:
             raise OnnxqError("quantizing features needs calibration images (--calib DIR)")
-        sample = calibration_images.sample(config.calib_size, config.seed)
-        used = len(sample)
         features = _calibrate(model, plan, sample, preprocessing, batch_size, ep)
     weights_pass = QuantizeWeightsPass(plan.weights)
     ir.passes.PassManager([weights_pass, InsertFeatureQDQPass(plan.features, features)])(model)
     model.metadata_props[METADATA_KEY] = config.to_json()
-    model.metadata_props[VERSION_KEY] = _version()
+    model.metadata_props[VERSION_KEY] = __version__
     return QuantizeResult(
-        model, config, plan, weights_pass.quantized, features, used, time.perf_counter() - start
+        model,
+        config,
+        plan,
+        weights_pass.quantized,
+        features,
+        len(sample) if plan.features else 0,
+        time.perf_counter() - start,
     )
 
 
@@ -100,9 +112,3 @@ def quantize_file(
     result = quantize(model, config, calibration_images, preprocessing, batch_size, ep)
     modelio.save_model(result.model, destination)
     return result
-
-
-def _version() -> str:
-    from onnxq import __version__
-
-    return __version__
