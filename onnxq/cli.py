@@ -83,17 +83,29 @@ def quantize(
     f_observer: Annotated[str, typer.Option("--f-observer", help="Feature observer: minmax, mse, percentile.")] = "minmax",
     percentile: Annotated[float, typer.Option(help="Percentile for the percentile observers.")] = 99.99,
     weight_only: Annotated[bool, typer.Option("--weight-only", help="Keep features in float.")] = False,
+    rounding: Annotated[str, typer.Option(help="Weight codes on the observer's grid: nearest; gptq (compensates each layer's rounding error over its calibration inputs); auto: gptq for weights under 8 bits when --calib is given, else nearest.")] = "auto",
+    bias_correction: Annotated[Optional[bool], typer.Option("--bias-correction/--no-bias-correction", help="Subtract each layer's mean output shift, measured on the calibration images, from its bias (default: with gptq rounding).")] = None,
+    decompose_scales: Annotated[bool, typer.Option("--decompose-scales", help="Store per-group weight scales as a per-channel float times low-bit integer codes.")] = False,
+    scale_bits: Annotated[int, typer.Option("--scale-bits", help="Bits of the decomposed scale codes (2..8).")] = 4,
+    smooth: Annotated[bool, typer.Option("--smooth", help="Move activation range into the weights that read it (SmoothQuant), folded into the weights: no runtime op.")] = False,
+    alpha: Annotated[Optional[str], typer.Option(help="Smoothing strength in [0, 1], or auto: per channel set, the α (or none) with the lowest estimated quantization error.")] = None,
+    act_scale: Annotated[Optional[str], typer.Option("--act-scale", help="Activation range in the smoothing scale: absmax, absmax*10, absmax/10.")] = None,
+    smooth_mul: Annotated[bool, typer.Option("--smooth-mul", help="Also smooth sets that cannot be folded (e.g. through ReLU6) with an explicit per-channel Mul, a runtime op.")] = False,
+    reorder: Annotated[Optional[str], typer.Option(help="Permute channels so that per-group scales cover similar ranges, by: auto, absmax, max, weight-absmax, weight-max.")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Check that --smooth/--reorder keep the float outputs (max relative difference 1e-4).")] = False,
     calib_size: Annotated[int, typer.Option(help="Calibration images (a seeded sample).")] = 128,
     keep_8bit: Annotated[str, typer.Option("--keep-8bit", help="Layers kept at 8 bit: first, last, node names or op types, comma-separated.")] = "",
     ops: Annotated[str, typer.Option(help="Op types whose inputs are quantized, comma-separated (add Add, GlobalAveragePool, ... to quantize their inputs too).")] = "Conv,Gemm,MatMul",
+    f_placement: Annotated[str, typer.Option("--f-placement", help="Where feature Q/DQ go: inputs (of --ops), fused (inputs and outputs of every op with an integer kernel: the layout ONNX Runtime runs as int8 kernels) or auto (fused for 8-bit weights and features, else inputs).")] = "auto",
     preprocess: Annotated[Optional[str], typer.Option(help="Override the model's preprocessing: torchvision, efficientnet-lite, inception or JSON.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Calibration batch size.")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Calibration batch size (memory grows with it).")] = 4,
     ep: Annotated[str, typer.Option(help="Execution provider: auto, cuda, cpu.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the calibration sample.")] = 0,
 ) -> None:
     """Quantize an ONNX CNN to a standard QDQ model."""
     from onnxq import data, preprocessing
     from onnxq.config import QuantConfig
+    from onnxq.placement import resolve_placement
     from onnxq.quantize import quantize_file
     from onnxq.schemes import Scheme
 
@@ -108,18 +120,59 @@ def quantize(
         keep_8bit=_split(keep_8bit),
         ops=_split(ops),
         seed=seed,
+        placement=resolve_placement(f_placement, weights, features),
+        decompose_scales=decompose_scales,
+        scale_bits=scale_bits,
+        **_rounding(rounding, bias_correction, wbits, calib is not None),
+        **_smoothing(smooth, alpha, act_scale, smooth_mul),
+        reorder=reorder,
     )
     images = data.find_images(calib) if calib is not None else None
     output = output or model.with_name(f"{model.stem}_{_tag(config)}.onnx")
     result = quantize_file(
-        model, output, config, images, preprocessing.resolve(preprocess), batch_size, ep
+        model, output, config, images, preprocessing.resolve(preprocess), batch_size, ep, verify
     )
     _print_quantize_summary(result, output)
+
+
+def _rounding(rounding: str, bias_correction: bool | None, wbits: int, calibrated: bool) -> dict:
+    """The QuantConfig fields of ``--rounding`` and ``--bias-correction``, ``auto`` resolved."""
+    if rounding == "auto":
+        rounding = "gptq" if wbits < 8 and calibrated else "nearest"
+        if wbits < 8 and not calibrated:
+            progress.status(
+                f"[yellow]note:[/] {wbits}-bit weights are rounded to nearest without calibration "
+                "images; --calib DIR enables GPTQ rounding and bias correction."
+            )
+    if bias_correction is None:
+        bias_correction = rounding == "gptq"
+    return {"rounding": rounding, "bias_correction": bias_correction}
+
+
+def _smoothing(smooth: bool, alpha: str | None, act_scale: str | None, mul: bool) -> dict:
+    """The QuantConfig fields of ``--smooth``; its options alone are a mistake."""
+    if not smooth:
+        if alpha is not None or act_scale is not None or mul:
+            raise OnnxqError("--alpha, --act-scale and --smooth-mul need --smooth")
+        return {}
+    if alpha is None or alpha == "auto":
+        value: float | str = "auto"
+    else:
+        try:
+            value = float(alpha)
+        except ValueError:
+            raise OnnxqError(f"--alpha must be 'auto' or a number in [0, 1], got {alpha!r}") from None
+    return {"smooth_alpha": value, "act_scale": act_scale or "absmax", "smooth_mul": mul}
 
 
 def _tag(config) -> str:
     features = f"a{config.features.bits}" if config.features else "a32"
     return f"w{config.weights.bits}{features}"
+
+
+def _rounding_note(config) -> str:
+    notes = [f"{config.rounding} rounding"] if config.rounding != "nearest" else []
+    return "".join(f", {note}" for note in notes + ["bias correction"] * config.bias_correction)
 
 
 def _print_quantize_summary(result, output: Path) -> None:
@@ -128,10 +181,16 @@ def _print_quantize_summary(result, output: Path) -> None:
         f"wrote {output}: {len(plan.weights)} weights ({result.config.weights.describe()}), "
         f"{len(plan.features)} feature tensors"
         + (f" ({result.config.features.describe()})" if result.config.features else "")
+        + _rounding_note(result.config)
         + f", calibrated on {result.calibration_images} images in {result.seconds:.1f} s"
     )
     for node, reason in plan.skipped:
         typer.echo(f"  skipped {node}: {reason}")
+    if result.channel_sets:
+        from onnxq.channel_rewrites import summary_lines
+
+        for line in summary_lines(result.channel_sets):
+            typer.echo(line)
 
 
 @app.command(name="eval")
@@ -143,9 +202,10 @@ def evaluate_command(
     preprocess: Annotated[Optional[str], typer.Option(help="Override the model's preprocessing.")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
     ep: Annotated[str, typer.Option(help="Execution provider: auto, cuda, cpu.")] = "auto",
+    fold_weights: Annotated[bool, typer.Option("--fold-weights", help="Let ONNX Runtime fold weight DequantizeLinear into float at load (fast 4-bit/per-group models; turns off int8 kernels).")] = False,
 ) -> None:
     """Top-1/top-5 accuracy and images/s of a classifier on labelled images."""
-    from onnxq import data, evaluate, modelio, preprocessing
+    from onnxq import data, evaluate, modelio, preprocessing, runtime
 
     loaded = modelio.load_model(model)
     images = data.find_images(data_dir).head(limit)
@@ -154,7 +214,8 @@ def evaluate_command(
     if chosen is None:
         progress.status("[yellow]note:[/] the model records no preprocessing; using torchvision's")
         chosen = preprocessing.PRESETS["torchvision"]
-    result = evaluate.evaluate(loaded, images, chosen, batch_size, ep)
+    session_config = runtime.FOLD_WEIGHTS_AT_LOAD if fold_weights else None
+    result = evaluate.evaluate(loaded, images, chosen, batch_size, ep, session_config=session_config)
     typer.echo(
         f"{model.name}: top-1 {result.top1:.2f}  top-5 {result.top5:.2f}  "
         f"({result.images} images, {result.images_per_second:.1f} images/s, {result.provider})"
@@ -162,6 +223,54 @@ def evaluate_command(
     if json_path is not None:
         record = {"model": str(model), **result.to_dict()}
         json_path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+@app.command()
+def report(
+    model: Annotated[Path, typer.Argument(help="A quantized ONNX model (onnxq's, or any QDQ model).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_markdown: Annotated[bool, typer.Option("--markdown", help="Print markdown instead of a table.")] = False,
+    include_fc: Annotated[bool, typer.Option("--include-fc", help="Count Gemm/MatMul weights in the totals (by default only Conv weights count, as in the seed log).")] = False,
+) -> None:
+    """Per-layer weight bits, scale overhead and equivalent bits; sizes; feature schemes."""
+    from onnxq import accounting, modelio
+    from onnxq import report as reports
+
+    if as_json and as_markdown:
+        raise OnnxqError("choose one of --json and --markdown")
+    result = accounting.account(modelio.load_model(model), include_fc)
+    if as_json:
+        typer.echo(result.to_json())
+    elif as_markdown:
+        typer.echo(reports.markdown(result), nl=False)
+    else:
+        reports.print_table(result, str(model))
+
+
+@app.command()
+def deploy(
+    model: Annotated[Path, typer.Argument(help="A quantized ONNX model.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output .onnx.")],
+    fold_weights: Annotated[bool, typer.Option("--fold-weights", help="Fold every weight DequantizeLinear into float weights (any runtime, fp32-sized file).")] = False,
+) -> None:
+    """Rewrite a quantized model for fast ONNX Runtime CPU inference, weights bit-identical.
+
+    By default, weights of layers that can run as int8 kernels become per-axis int8 (4-bit
+    per-channel weights included) and all other weight DequantizeLinear nodes are folded into
+    float; --fold-weights folds them all.
+    """
+    from onnxq import modelio
+    from onnxq.deploy import deploy as deploy_model
+
+    loaded = modelio.load_model(model)
+    result = deploy_model(loaded, fold_weights)
+    modelio.save_model(loaded, output)
+    size = output.stat().st_size / 2**20
+    typer.echo(
+        f"wrote {output} ({size:.1f} MiB): {len(result.integer_kernels)} layers run as int8 "
+        f"kernels ({len(result.widened)} re-stored as int8), {len(result.folded)} weights "
+        "folded to float"
+    )
 
 
 @app.command()
@@ -177,14 +286,63 @@ def demo(
     typer.echo(run_demo(data_dir, workdir, calib_size, ep))
 
 
+@app.command()
+def sweep(
+    specs: Annotated[list[Path], typer.Argument(help="Sweep specifications (TOML, see docs/sweeps.md).")],
+    data_dir: Annotated[Path, typer.Option("--data", help="The image folder that the specs' \\[data] folders are relative to.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where results.jsonl, the tables (SPEC.md) and plots (SPEC.png) go.")] = Path("results"),
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Runs at once on this machine, each in its own process.")] = 1,
+    ray: Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", help="Run the rows as Ray tasks. Alone: Ray's default (RAY_ADDRESS, a cluster started on this machine, else a new local one); or an address (host:port, ray://host:port).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime threads per run (default: cores / jobs; with --ray, 4 CPUs per task).")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="Cache of exported models and calibrations (default: OUT/cache).")] = None,
+    save_models: Annotated[bool, typer.Option("--save-models", help="Also keep every quantized model in OUT/models/.")] = False,
+    ep: Annotated[str, typer.Option(help="Execution provider: auto, cuda, cpu.")] = "auto",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs still to do, and run nothing.")] = False,
+) -> None:
+    """Run the tables of sweep specs: resumable, cached, on this machine or a Ray cluster."""
+    from onnxq.sweep import SweepOptions, run_sweep
+
+    options = SweepOptions(data_dir, out, cache, jobs, ray, threads, ep, save_models, dry_run)
+    summary = run_sweep(specs, options)
+    if dry_run:
+        typer.echo(f"{summary.runs} runs: {summary.done_before} done, {len(summary.pending)} to run")
+        for run in summary.pending:
+            typer.echo(f"  {run}")
+        return
+    typer.echo(
+        f"{summary.runs} runs: {summary.done_before} done before, {summary.ran} ran, "
+        f"{len(summary.failures)} failed"
+    )
+    for path in summary.outputs:
+        typer.echo(f"wrote {path}")
+    for run, message in summary.failures:
+        typer.echo(f"failed: {run}: {message}", err=True)
+    if summary.failures:
+        raise typer.Exit(1)
+
+
 def _split(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _ray_without_address(args: list[str]) -> list[str]:
+    """``--ray`` with no address (last, or before another option) means Ray's default."""
+    if "--ray" not in args:
+        return args
+    from onnxq.sweep import RAY_DEFAULT_ADDRESS
+
+    result = []
+    for index, arg in enumerate(args):
+        result.append(arg)
+        if arg == "--ray" and (index + 1 == len(args) or args[index + 1].startswith("-")):
+            result.append(RAY_DEFAULT_ADDRESS)
+    return result
 
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 2."""
     try:
-        app()
+        app(args=_ray_without_address(sys.argv[1:]))
     except OnnxqError as error:
         print(f"onnxq: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from onnxq.channels import ACT_SCALES, AUTO, REORDER_KEYS
 from onnxq.errors import OnnxqError
-from onnxq.schemes import Scheme
+from onnxq.placement import PLACEMENTS
+from onnxq.schemes import MAX_BITS, MIN_BITS, Granularity, Scheme
 
 METADATA_KEY = "onnxq.quantization"
 
@@ -22,6 +24,8 @@ FEATURE_OPS = (
     "MaxPool",
     "ReduceMean",
 )
+#: How weight codes are chosen on their grid (``onnxq.layer_rounding``).
+ROUNDINGS = ("nearest", "gptq")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +34,22 @@ class QuantConfig:
 
     ``features`` is None for weight-only quantization. ``keep_8bit`` names layers that keep
     8-bit weights and features: ``first``, ``last``, node names, or op types (all nodes of that
-    type). ``ops`` are the op types whose inputs are quantized.
+    type). ``ops`` are the op types whose inputs are quantized. ``placement`` says where feature
+    Q/DQ pairs go (see ``onnxq.placement``): on the ``inputs`` of those ops, or ``fused``, the
+    layout ONNX Runtime runs as integer kernels.
+
+    The channel passes run first, on the float model: ``smooth_alpha`` (None: off; ``"auto"``:
+    searched per set) migrates activation range into weights with ``s = (absmax·k)^α /
+    w^(1-α)`` (``act_scale`` picks ``k``), folded into the producers, or with an explicit Mul
+    where folding is impossible if ``smooth_mul``; ``reorder`` (None: off) sorts the channels of
+    every set by that key (``"auto"``: the key, if any, that lowers the estimated error most).
+
+    ``decompose_scales`` stores per-group weight scales as a per-channel float times
+    ``scale_bits``-bit integer codes (see ``onnxq.scale_decomposition``).
+
+    ``rounding`` chooses weight codes on the observer's grid: ``nearest``, or ``gptq`` (error
+    compensation over each layer's calibration inputs); ``bias_correction`` subtracts each
+    layer's mean output shift from its bias (see ``onnxq.layer_rounding``).
     """
 
     weights: Scheme
@@ -39,6 +58,15 @@ class QuantConfig:
     keep_8bit: tuple[str, ...] = ()
     ops: tuple[str, ...] = WEIGHT_OPS
     seed: int = 0
+    placement: str = "inputs"
+    smooth_alpha: float | str | None = None
+    act_scale: str = "absmax"
+    smooth_mul: bool = False
+    reorder: str | None = None
+    decompose_scales: bool = False
+    scale_bits: int = 4
+    rounding: str = "nearest"
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         unknown = [op for op in self.ops if op not in WEIGHT_OPS + FEATURE_OPS]
@@ -47,8 +75,36 @@ class QuantConfig:
                 f"cannot quantize op type {unknown[0]!r} "
                 f"(supported: {', '.join(WEIGHT_OPS + FEATURE_OPS)})"
             )
+        if self.placement not in PLACEMENTS:
+            raise OnnxqError(
+                f"unknown feature placement {self.placement!r} (choose from {', '.join(PLACEMENTS)})"
+            )
         if self.calib_size < 1:
             raise OnnxqError(f"calibration size must be at least 1, got {self.calib_size}")
+        if self.smooth_alpha not in (None, AUTO) and not 0.0 <= self.smooth_alpha <= 1.0:
+            raise OnnxqError(f"--alpha must be 'auto' or between 0 and 1, got {self.smooth_alpha}")
+        if self.act_scale not in ACT_SCALES:
+            raise OnnxqError(
+                f"unknown --act-scale {self.act_scale!r} (choose from {', '.join(ACT_SCALES)})"
+            )
+        if self.reorder not in (None, AUTO) + REORDER_KEYS:
+            raise OnnxqError(
+                f"unknown --reorder key {self.reorder!r} "
+                f"(choose from {', '.join((AUTO,) + REORDER_KEYS)})"
+            )
+        if self.decompose_scales and self.weights.granularity is not Granularity.GROUP:
+            raise OnnxqError(
+                f"--decompose-scales needs a per-group weight scheme ({self.weights.name} has "
+                "one scale per output channel or tensor: nothing to decompose)"
+            )
+        if not MIN_BITS <= self.scale_bits <= MAX_BITS:
+            raise OnnxqError(
+                f"--scale-bits must be between {MIN_BITS} and {MAX_BITS}, got {self.scale_bits}"
+            )
+        if self.rounding not in ROUNDINGS:
+            raise OnnxqError(
+                f"unknown --rounding {self.rounding!r} (choose from {', '.join(ROUNDINGS)})"
+            )
 
     def to_dict(self) -> dict:
         return {
@@ -58,6 +114,15 @@ class QuantConfig:
             "keep_8bit": list(self.keep_8bit),
             "ops": list(self.ops),
             "seed": self.seed,
+            "placement": self.placement,
+            "smooth_alpha": self.smooth_alpha,
+            "act_scale": self.act_scale,
+            "smooth_mul": self.smooth_mul,
+            "reorder": self.reorder,
+            "decompose_scales": self.decompose_scales,
+            "scale_bits": self.scale_bits,
+            "rounding": self.rounding,
+            "bias_correction": self.bias_correction,
         }
 
     def to_json(self) -> str:
@@ -72,4 +137,13 @@ class QuantConfig:
             keep_8bit=tuple(data.get("keep_8bit", ())),
             ops=tuple(data.get("ops", WEIGHT_OPS)),
             seed=data.get("seed", 0),
+            placement=data.get("placement", "inputs"),
+            smooth_alpha=data.get("smooth_alpha"),
+            act_scale=data.get("act_scale", "absmax"),
+            smooth_mul=data.get("smooth_mul", False),
+            reorder=data.get("reorder"),
+            decompose_scales=data.get("decompose_scales", False),
+            scale_bits=data.get("scale_bits", 4),
+            rounding=data.get("rounding", "nearest"),
+            bias_correction=data.get("bias_correction", False),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -35,11 +36,15 @@ def evaluate(
     batch_size: int = 32,
     ep: str = "auto",
     description: str = "evaluating",
+    session_config: Mapping[str, str] | None = None,
 ) -> EvalResult:
-    """Run ``model`` over ``images`` and score its logits against their labels."""
+    """Run ``model`` over ``images`` and score its logits against their labels.
+
+    ``session_config`` holds ONNX Runtime session entries (``runtime.FOLD_WEIGHTS_AT_LOAD``).
+    """
     if not images.labelled:
         raise OnnxqError("evaluation needs labelled images")
-    session = runtime.create_session(model, ep)
+    session = runtime.create_session(model, ep, config=session_config)
     input_name = session.get_inputs()[0].name
     top1 = top5 = 0
     seconds = 0.0

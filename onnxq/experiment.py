@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from onnxq import evaluate, modelio
+from onnxq.cache import CalibrationCache
+from onnxq.calibration import CALIBRATION_BATCH
 from onnxq.config import QuantConfig
 from onnxq.data import ImageSet
 from onnxq.evaluate import EvalResult
-from onnxq.quantize import quantize
+from onnxq.quantize import QuantizeResult, quantize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +32,8 @@ class RowResult:
     result: EvalResult
     quantize_seconds: float
     output: Path | None = None
+    quantized: QuantizeResult | None = dataclasses.field(default=None, repr=False, compare=False)
+    evaluate_seconds: float = 0.0
 
 
 def run_row(
@@ -39,23 +43,40 @@ def run_row(
     evaluation: ImageSet,
     output: str | Path | None = None,
     ep: str = "auto",
-    batch_size: int = 16,
+    batch_size: int = CALIBRATION_BATCH,
+    calibration_cache: CalibrationCache | None = None,
 ) -> RowResult:
     """Quantize ``float_model`` with ``config`` (calibrating on ``calibration``), save it to
     ``output`` if given, and evaluate it on ``evaluation``."""
     model = modelio.load_model(float_model)
     preprocessing = modelio.get_preprocessing(model)
     start = time.perf_counter()
-    quantize(model, config, calibration, preprocessing, batch_size=batch_size, ep=ep)
+    quantized = quantize(
+        model, config, calibration, preprocessing, batch_size=batch_size, ep=ep,
+        calibration_cache=calibration_cache,
+    )
     seconds = time.perf_counter() - start
     if output is not None:
         modelio.save_model(model, output)
+    start = time.perf_counter()
     result = evaluate.evaluate(model, evaluation, preprocessing, ep=ep)
-    return RowResult(config, result, seconds, Path(output) if output else None)
+    return RowResult(
+        config, result, seconds, Path(output) if output else None, quantized,
+        time.perf_counter() - start,
+    )
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, in MiB."""
+    """This process's peak resident memory so far, in MiB.
+
+    On Linux this is ``VmHWM``: ``ru_maxrss`` survives ``exec``, so a process spawned from a
+    large parent would report the parent's size at the fork.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 

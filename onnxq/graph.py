@@ -44,3 +44,10 @@ def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
     for node in graph:
         values.update((value.name, value) for value in node.outputs)
     return values
+
+
+def replace_constant(value: ir.Value, array: np.ndarray) -> None:
+    """Give the initializer ``value`` new contents (float32), keeping its name."""
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    value.const_value = ir.tensor(array, name=value.name)
+    value.shape = ir.Shape(array.shape)

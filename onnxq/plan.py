@@ -9,6 +9,7 @@ import onnx_ir as ir
 
 from onnxq.config import WEIGHT_OPS, QuantConfig
 from onnxq.errors import OnnxqError
+from onnxq.placement import INTEGER_KERNEL_OPS, fused_features
 from onnxq.schemes import Scheme
 
 
@@ -74,7 +75,9 @@ def make_plan(model: ir.Model, config: QuantConfig) -> QuantPlan:
         index, out_axis = layouts[node.name]
         scheme = _at_8bit(config.weights) if node.name in kept else config.weights
         plan.weights.append(WeightTarget(node.name, index, node.inputs[index].name, out_axis, scheme))
-    if config.features is not None:
+    if config.features is not None and config.placement == "fused":
+        plan.features = _fused_feature_targets(model.graph, config, kept)
+    elif config.features is not None:
         plan.features = _feature_targets(nodes, kept, config.features)
     return plan
 
@@ -92,6 +95,21 @@ def _feature_targets(
     return [
         FeatureTarget(name, tuple(users), dataclasses.replace(scheme, bits=bits[name]))
         for name, users in consumers.items()
+    ]
+
+
+def _fused_feature_targets(
+    graph: ir.Graph, config: QuantConfig, kept: set[str]
+) -> list[FeatureTarget]:
+    """Inputs and outputs of every op with an integer kernel (see ``onnxq.placement``)."""
+    ops = set(config.ops) | set(INTEGER_KERNEL_OPS)
+    return [
+        FeatureTarget(
+            placed.tensor,
+            placed.consumers,
+            _at_8bit(config.features) if kept.intersection(placed.touches) else config.features,
+        )
+        for placed in fused_features(graph, ops)
     ]
 
 

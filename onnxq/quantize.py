@@ -8,11 +8,19 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from onnxq import __version__, calibration, modelio, progress
+from onnxq import __version__, calibration, layer_rounding, modelio, progress
+from onnxq.cache import CalibrationCache
+from onnxq.calibration import CALIBRATION_BATCH
+from onnxq.channel_rewrites import ChannelSetReport, rewrite_channels
 from onnxq.config import METADATA_KEY, QuantConfig
 from onnxq.data import ImageSet
 from onnxq.errors import OnnxqError
-from onnxq.passes import InsertFeatureQDQPass, QuantizeWeightsPass
+from onnxq.passes import (
+    CorrectBiasPass,
+    DecomposeScalesPass,
+    InsertFeatureQDQPass,
+    QuantizeWeightsPass,
+)
 from onnxq.passes.insert_feature_qdq import FeatureParams
 from onnxq.passes.quantize_weights import QuantizedWeight
 from onnxq.plan import QuantPlan, make_plan
@@ -32,6 +40,7 @@ class QuantizeResult:
     features: dict[str, FeatureParams]
     calibration_images: int
     seconds: float
+    channel_sets: list[ChannelSetReport] = dataclasses.field(default_factory=list)
 
 
 def quantize(
@@ -39,13 +48,17 @@ def quantize(
     config: QuantConfig,
     calibration_images: ImageSet | None = None,
     preprocessing: Preprocessing | None = None,
-    batch_size: int = 16,
+    batch_size: int = CALIBRATION_BATCH,
     ep: str = "auto",
+    calibration_cache: CalibrationCache | None = None,
+    verify: bool = False,
 ) -> QuantizeResult:
     """Quantize ``model`` in place as ``config`` says; features are calibrated on the images.
 
     Stages, in order: (1) function-preserving rewrites of the float model, (2) the plan of
     weights and features, (3) feature calibration, (4) the Q/DQ passes, (5) metadata.
+    ``calibration_cache`` reuses the feature parameters of an identical earlier calibration.
+    ``verify`` makes the channel passes of stage (1) check that the outputs did not change.
     """
     start = time.perf_counter()
     preprocessing = preprocessing or modelio.get_preprocessing(model) or PRESETS["torchvision"]
@@ -54,6 +67,7 @@ def quantize(
         if calibration_images is not None
         else None
     )
+    channel_sets = rewrite_channels(model, config, sample, preprocessing, batch_size, ep, verify)
     plan = make_plan(model, config)
     if not plan.weights and not plan.features:
         raise OnnxqError("nothing to quantize: no Conv, Gemm or MatMul with constant weights")
@@ -61,20 +75,45 @@ def quantize(
     if plan.features:
         if sample is None:
             raise OnnxqError("quantizing features needs calibration images (--calib DIR)")
-        features = _calibrate(model, plan, sample, preprocessing, batch_size, ep)
-    weights_pass = QuantizeWeightsPass(plan.weights)
-    ir.passes.PassManager([weights_pass, InsertFeatureQDQPass(plan.features, features)])(model)
+        features = _calibrate(
+            model, plan, sample, preprocessing, batch_size, ep, calibration_cache
+        )
+    rounding = layer_rounding.prepare(model, plan, config, sample, preprocessing, batch_size, ep)
+    choosers = rounding.code_choosers() if rounding is not None else {}
+    weights_pass = QuantizeWeightsPass(plan.weights, choosers)
+    scales_pass = _decompose_scales_pass(model, plan, config, choosers)
+    stage4 = [weights_pass, scales_pass, InsertFeatureQDQPass(plan.features, features)]
+    ir.passes.PassManager([p for p in stage4 if p is not None])(model)
+    weights = weights_pass.quantized
+    if scales_pass is not None:
+        for name, decomposed in scales_pass.decomposed.items():
+            weights[name] = decomposed.replace_in(weights[name])
+    if rounding is not None and config.bias_correction:
+        ir.passes.PassManager([CorrectBiasPass(rounding.bias_shifts(weights))])(model)
     model.metadata_props[METADATA_KEY] = config.to_json()
     model.metadata_props[VERSION_KEY] = __version__
     return QuantizeResult(
         model,
         config,
         plan,
-        weights_pass.quantized,
+        weights,
         features,
-        len(sample) if plan.features else 0,
+        len(sample) if plan.features or rounding is not None else 0,
         time.perf_counter() - start,
+        channel_sets=channel_sets,
     )
+
+
+def _decompose_scales_pass(
+    model: ir.Model, plan: QuantPlan, config: QuantConfig, choosers: dict | None = None
+) -> DecomposeScalesPass | None:
+    """The scale decomposition ``config`` asks for, given the float weights it starts from
+    (and the code choosers that pick the codes on the decomposed grid)."""
+    if not config.decompose_scales:
+        return None
+    initializers = model.graph.initializers
+    floats = {t.weight: initializers[t.weight].const_value.numpy() for t in plan.weights}
+    return DecomposeScalesPass(floats, config.scale_bits, choosers)
 
 
 def _calibrate(
@@ -84,13 +123,21 @@ def _calibrate(
     preprocessing: Preprocessing,
     batch_size: int,
     ep: str,
+    cache: CalibrationCache | None = None,
 ) -> dict[str, FeatureParams]:
+    if cache is not None:
+        key = cache.key(model, plan.features, images, preprocessing, batch_size)
+        if (cached := cache.get(key)) is not None:
+            return cached
     schemes = {target.tensor: target.scheme for target in plan.features}
     observers = calibration.collect(model, schemes, images, preprocessing, batch_size, ep)
-    return {
+    params = {
         name: FeatureParams.from_group_ranges(*observer.ranges(), observer.channels, schemes[name])
         for name, observer in observers.items()
     }
+    if cache is not None:
+        cache.put(key, params)
+    return params
 
 
 def quantize_file(
@@ -99,8 +146,9 @@ def quantize_file(
     config: QuantConfig,
     calibration_images: ImageSet | None = None,
     preprocessing: Preprocessing | None = None,
-    batch_size: int = 16,
+    batch_size: int = CALIBRATION_BATCH,
     ep: str = "auto",
+    verify: bool = False,
 ) -> QuantizeResult:
     """Load ``source``, quantize it and write ``destination`` (atomically, checker-clean)."""
     model = modelio.load_model(source)
@@ -109,6 +157,8 @@ def quantize_file(
             "[yellow]note:[/] the model records no preprocessing; using torchvision's "
             "(resize 256, crop 224, ImageNet mean/std). Pass --preprocess to change it."
         )
-    result = quantize(model, config, calibration_images, preprocessing, batch_size, ep)
+    result = quantize(
+        model, config, calibration_images, preprocessing, batch_size, ep, verify=verify
+    )
     modelio.save_model(result.model, destination)
     return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import onnx_ir as ir
 import onnxruntime as ort
 
@@ -10,6 +12,20 @@ from onnxq.errors import OnnxqError
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 EP_CHOICES = ("auto", "cuda", "cpu")
+#: Session configuration that makes ONNX Runtime fold constant DequantizeLinear nodes (quantized
+#: weights) into float initializers when it loads a model. It also turns off its integer-kernel
+#: (QDQ) fusions, so it suits 4-bit and per-group models, not W8A8 ones.
+FOLD_WEIGHTS_AT_LOAD = {"session.disable_quant_qdq": "1"}
+
+_settings: dict[str, int | None] = {"threads": None}
+
+
+def set_threads(threads: int | None) -> None:
+    """Intra-op threads of the sessions this process creates from now on (None: ORT's choice).
+
+    Several jobs sharing one machine each take a share of its cores instead of all of them.
+    """
+    _settings["threads"] = threads
 
 
 def providers(ep: str = "auto") -> list[str]:
@@ -27,13 +43,22 @@ def providers(ep: str = "auto") -> list[str]:
 
 
 def create_session(
-    model: ir.Model | bytes | str, ep: str = "auto", threads: int | None = None
+    model: ir.Model | bytes | str,
+    ep: str = "auto",
+    threads: int | None = None,
+    config: Mapping[str, str] | None = None,
 ) -> ort.InferenceSession:
-    """An inference session for an in-memory model, serialized bytes or a file path."""
+    """An inference session for an in-memory model, serialized bytes or a file path.
+
+    ``config`` holds session configuration entries, e.g. ``FOLD_WEIGHTS_AT_LOAD``.
+    """
     if isinstance(model, ir.Model):
         model = ir.serde.serialize_model(model).SerializeToString()
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
+    threads = threads or _settings["threads"]
     if threads:
         options.intra_op_num_threads = threads
     try:

@@ -8,6 +8,54 @@ from onnxq.config import QuantConfig
 from onnxq.evaluate import EvalResult
 
 HEADER = ("model", "w_bit", "f bit", "w Qscheme", "groupsize", "top1 acc", "top5 acc", "remark")
+#: The sweep's default columns: the seed's, with the equivalent weight bits before the remark.
+SWEEP_HEADER = HEADER[:-1] + ("Equivalent wbit", "remark")
+#: Every column a table may show (``f Qscheme`` in place of ``w Qscheme`` for feature studies).
+COLUMNS = SWEEP_HEADER + ("f Qscheme",)
+#: How a cell shows its reference: ``65.304(-0.054)`` (delta) or ``65.304(65.358)`` (value).
+REFERENCE_STYLES = ("delta", "value")
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """The numbers a row is compared with, and how the comparison is written."""
+
+    top1: float
+    top5: float
+    wbit: float | None = None
+    style: str = "delta"
+
+
+def format_accuracy(value: float, reference: float | None = None, style: str = "delta") -> str:
+    """``65.304``, ``65.304(-0.054)`` or ``65.304(65.358)``: three decimals, as in the seed."""
+    text = f"{value:.3f}"
+    if reference is None:
+        return text
+    if style == "value":
+        return f"{text}({reference:.3f})"
+    return f"{text}({_signed(round(value, 3) - round(reference, 3), 3)})"
+
+
+def format_wbit(value: float | None, reference: float | None = None, style: str = "delta") -> str:
+    """``4.06``, ``4.06(-0.08)``, ``8.64(-15.9)`` or ``4.06(4.14)``; whole numbers (32) bare."""
+    if value is None:
+        return ""
+    text = _bits(value)
+    if reference is None:
+        return text
+    if style == "value":
+        return f"{text}({_bits(reference)})"
+    difference = round(value, 2) - round(reference, 2)
+    return f"{text}({_signed(difference, 1 if abs(difference) >= 10 else 2)})"
+
+
+def _bits(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
+
+
+def _signed(difference: float, decimals: int) -> str:
+    difference = round(difference, decimals) or 0.0  # never "-0.000"
+    return f"{difference:+.{decimals}f}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,34 +68,90 @@ class Row:
     top1: float
     top5: float
     remark: str = ""
+    f_scheme: str = " /"
+    f_group_size: str = "/"
+    wbit: float | None = None  # equivalent weight bits
+    reference: Reference | None = None
 
     @classmethod
     def float_baseline(cls, model: str, result: EvalResult) -> Row:
-        return cls(model, "float32", "float32", " /", "/", result.top1, result.top5, "float baseline")
+        return cls(
+            model, "float32", "float32", " /", "/", result.top1, result.top5, "float baseline",
+            wbit=32.0,
+        )
 
     @classmethod
-    def from_config(cls, model: str, config: QuantConfig, result: EvalResult, remark: str = "") -> Row:
-        weights = config.weights
+    def from_config(
+        cls,
+        model: str,
+        config: QuantConfig,
+        result: EvalResult,
+        remark: str = "",
+        wbit: float | None = None,
+        reference: Reference | None = None,
+    ) -> Row:
+        weights, features = config.weights, config.features
         return cls(
             model,
             str(weights.bits),
-            str(config.features.bits) if config.features else "float32",
+            str(features.bits) if features else "float32",
             weights.name,
-            str(weights.group_size) if weights.group_size else "/",
+            _group_size(weights.group_size),
             result.top1,
             result.top5,
             remark,
+            features.name if features else " /",
+            _group_size(features.group_size) if features else "/",
+            wbit,
+            reference,
         )
 
-    def cells(self) -> tuple[str, ...]:
-        return (
-            self.model, self.w_bit, self.f_bit, self.w_scheme, self.group_size,
-            f"{self.top1:.3f}", f"{self.top5:.3f}", self.remark,
-        )
+    def cells(self, columns: tuple[str, ...] = HEADER) -> tuple[str, ...]:
+        """The row's text under ``columns`` (names from ``COLUMNS``).
+
+        ``groupsize`` is that of the features when the table shows ``f Qscheme`` and not
+        ``w Qscheme``, else that of the weights.
+        """
+        feature_table = "f Qscheme" in columns and "w Qscheme" not in columns
+        ref, style = self.reference, self.reference.style if self.reference else "delta"
+        texts = {
+            "model": self.model,
+            "w_bit": self.w_bit,
+            "f bit": self.f_bit,
+            "w Qscheme": self.w_scheme,
+            "f Qscheme": self.f_scheme,
+            "groupsize": self.f_group_size if feature_table else self.group_size,
+            "top1 acc": format_accuracy(self.top1, ref.top1 if ref else None, style),
+            "top5 acc": format_accuracy(self.top5, ref.top5 if ref else None, style),
+            "Equivalent wbit": format_wbit(self.wbit, self._wbit_reference(), style),
+            "remark": self.remark,
+        }
+        return tuple(texts[column] for column in columns)
+
+    def _wbit_reference(self) -> float | None:
+        """The reference's bits, shown only when they differ from the row's (as the seed does)."""
+        ref = self.reference
+        if ref is None or ref.wbit is None or self.wbit is None:
+            return None
+        return None if round(ref.wbit, 2) == round(self.wbit, 2) else ref.wbit
 
 
-def markdown_table(rows: list[Row]) -> str:
-    """``|model|w_bit|f bit|w Qscheme|groupsize|top1 acc|top5 acc|remark|`` with one line per row."""
-    lines = ["|" + "|".join(HEADER) + "|", "|" + "|".join("---" for _ in HEADER) + "|"]
-    lines += ["|" + "|".join(row.cells()) + "|" for row in rows]
+def _group_size(size: int | None) -> str:
+    return str(size) if size else "/"
+
+
+def markdown_table(
+    rows: list[Row], columns: tuple[str, ...] = HEADER, header: bool = True
+) -> str:
+    """``|model|w_bit|f bit|w Qscheme|groupsize|top1 acc|top5 acc|remark|`` with one line per row.
+
+    ``columns`` picks and orders the columns (see ``COLUMNS``); ``header=False`` continues a
+    table (the seed writes some tables as blocks separated by blank lines).
+    """
+    unknown = [column for column in columns if column not in COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown table column {unknown[0]!r}")
+    lines = ["|" + "|".join(columns) + "|", "|" + "|".join("---" for _ in columns) + "|"]
+    lines = lines if header else []
+    lines += ["|" + "|".join(row.cells(columns)) + "|" for row in rows]
     return "\n".join(lines)

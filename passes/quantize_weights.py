@@ -9,10 +9,10 @@ weight followed by a Reshape: for a Conv weight ``[O, I, kh, kw]`` the view is
 
 from __future__ import annotations
 
-__all__ = ["QuantizeWeightsPass", "QuantizedWeight", "quantize_weight"]
+__all__ = ["CodeChooser", "QuantizeWeightsPass", "QuantizedWeight", "quantize_weight"]
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -21,6 +21,10 @@ from onnxq import observers, quant_math
 from onnxq.graph import add_initializer, name_output
 from onnxq.plan import WeightTarget
 from onnxq.schemes import Granularity, Scheme
+
+#: Chooses the integer codes of a weight's ``[output channels, inputs]`` view, given the
+#: scale and zero point of every entry (same shape); round-to-nearest when none is given.
+CodeChooser = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +62,14 @@ class QuantizedWeight:
         return quant_math.dequantize(self.codes, scale, zero_point).reshape(self.shape)
 
 
-def quantize_weight(weight: np.ndarray, out_axis: int, scheme: Scheme) -> QuantizedWeight:
-    """Quantize ``weight`` (output channels along ``out_axis``) with ``scheme``."""
+def quantize_weight(
+    weight: np.ndarray, out_axis: int, scheme: Scheme, choose_codes: CodeChooser | None = None
+) -> QuantizedWeight:
+    """Quantize ``weight`` (output channels along ``out_axis``) with ``scheme``.
+
+    The grid comes from the scheme's observer; ``choose_codes`` picks codes on it (default:
+    round to nearest). For per-tensor schemes the view is the whole weight as one row.
+    """
     weight = np.asarray(weight, dtype=np.float32)
     view = _channel_view(weight, out_axis, scheme)
     in_channels = weight.shape[1 - out_axis] if weight.ndim == 2 else weight.shape[1]
@@ -69,13 +79,12 @@ def quantize_weight(weight: np.ndarray, out_axis: int, scheme: Scheme) -> Quanti
     lo, hi = observers.weight_ranges(groups, mask, scheme)
     scale, zero_point = quant_math.scale_and_zero_point(lo, hi, scheme.bits, scheme.symmetric)
     cols = view.shape[1]
-    codes = quant_math.quantize(
-        view,
-        quant_math.expand_groups(scale, block, cols),
-        quant_math.expand_groups(zero_point, block, cols),
-        scheme.bits,
-        scheme.signed,
-    )
+    full_scale = quant_math.expand_groups(scale, block, cols)
+    full_zero_point = quant_math.expand_groups(zero_point, block, cols)
+    if choose_codes is None:
+        codes = quant_math.quantize(view, full_scale, full_zero_point, scheme.bits, scheme.signed)
+    else:
+        codes = choose_codes(view, full_scale, full_zero_point)
     zero_point = None if scheme.symmetric else zero_point
     return _stored_form(weight, out_axis, codes, scale, zero_point, block, group_channels, scheme)
 
@@ -140,11 +149,17 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
     Adds initializers ``<w>_quantized``, ``<w>_scale`` (and ``<w>_zero_point``), a
     DequantizeLinear ``<w>_dq`` and, for blocked weights, a Reshape ``<w>_reshape``; the node
     reads the dequantized weight, and the float initializer goes once nothing else reads it.
+    ``choose_codes`` maps weight names to their code choosers (see ``quantize_weight``).
     """
 
-    def __init__(self, targets: Sequence[WeightTarget]) -> None:
+    def __init__(
+        self,
+        targets: Sequence[WeightTarget],
+        choose_codes: Mapping[str, CodeChooser] | None = None,
+    ) -> None:
         super().__init__()
         self.targets = list(targets)
+        self.choose_codes = dict(choose_codes or {})
         self.quantized: dict[str, QuantizedWeight] = {}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -162,7 +177,12 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
 
     def _quantize(self, graph: ir.Graph, node: ir.Node, target: WeightTarget) -> ir.Value:
         weight = node.inputs[target.input_index]
-        quantized = quantize_weight(weight.const_value.numpy(), target.out_axis, target.scheme)
+        quantized = quantize_weight(
+            weight.const_value.numpy(),
+            target.out_axis,
+            target.scheme,
+            self.choose_codes.get(target.weight),
+        )
         self.quantized[target.weight] = quantized
         name = target.weight
         dtype = storage_type(target.scheme.bits, target.scheme.signed)

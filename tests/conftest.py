@@ -16,6 +16,7 @@ from onnxq import progress  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO.parent / "shared" / "data" / "imagenet-sample"
+SEED_RESULTS = REPO.parent / "shared" / "seed-results.md"
 
 progress.set_quiet(True)
 
@@ -26,6 +27,14 @@ def sample_dir() -> Path:
     if not SAMPLE_DIR.is_dir():
         pytest.fail(f"{SAMPLE_DIR} is missing: the tests need ../shared/data")
     return SAMPLE_DIR
+
+
+@pytest.fixture(scope="session")
+def seed_results() -> str:
+    """The experiment log whose tables the sweeps reproduce (../shared/seed-results.md)."""
+    if not SEED_RESULTS.is_file():
+        pytest.fail(f"{SEED_RESULTS} is missing: the tests need ../shared/seed-results.md")
+    return SEED_RESULTS.read_text()
 
 
 @pytest.fixture(scope="session")

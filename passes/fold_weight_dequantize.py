@@ -1,0 +1,94 @@
+"""Fold the DequantizeLinear of quantized weights (and the Reshape after a blocked one) into float.
+
+ONNX Runtime does not constant-fold DequantizeLinear while it looks for integer-kernel patterns,
+so a 4-bit or per-group weight is dequantized again on every run. Folding it offline gives a
+float initializer holding bit for bit the value the DequantizeLinear computed (decomposed scales
+included): the same weights, run by plain float kernels, at the cost of fp32 weight storage.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FoldWeightDequantizePass"]
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq.config import WEIGHT_OPS
+from onnxq.constant_dq import dequantize_constant, is_constant_dequantize, is_plain_int8
+from onnxq.graph import add_initializer
+from onnxq.placement import runs_as_integer_kernel
+
+
+class FoldWeightDequantizePass(ir.passes.InPlacePass):
+    """Replace constant DequantizeLinear nodes (``[w]_dq`` → ``[w]_reshape``) by float initializers.
+
+    With ``keep_integer_kernels``, plain int8 weights of layers that ONNX Runtime runs as integer
+    kernels stay quantized. ``folded`` names the initializers created.
+    """
+
+    def __init__(self, keep_integer_kernels: bool = False) -> None:
+        super().__init__()
+        self.keep_integer_kernels = keep_integer_kernels
+        self.folded: list[str] = []
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.folded = []
+        for node in list(model.graph):
+            if self._wanted(node):
+                self.folded.append(self._fold(model.graph, node))
+        if self.folded:
+            ir.passes.common.RemoveUnusedNodesPass()(model)
+        return ir.passes.PassResult(model, modified=bool(self.folded))
+
+    def ensures(self, model: ir.Model) -> None:
+        for name in self.folded:
+            if not model.graph.initializers[name].uses():
+                raise ir.passes.PostconditionError(f"folded weight {name} is not read")
+
+    def _wanted(self, node: ir.Node) -> bool:
+        """A weight DequantizeLinear (not one that only computes another one's scale)."""
+        if not is_constant_dequantize(node) or node.outputs[0].is_graph_output():
+            return False
+        readers = list(node.outputs[0].consumers())
+        if not readers or all(reader.op_type == "DequantizeLinear" for reader in readers):
+            return False
+        return not (self.keep_integer_kernels and _feeds_integer_kernels(node))
+
+    def _fold(self, graph: ir.Graph, node: ir.Node) -> str:
+        value = dequantize_constant(node)
+        last = node
+        reshape = _constant_reshape(node)
+        if reshape is not None:
+            value = value.reshape(reshape.inputs[1].const_value.numpy())
+            last = reshape
+        name = _weight_name(graph, node)
+        folded = add_initializer(graph, name, value.astype(np.float32), ir.DataType.FLOAT)
+        ir.convenience.replace_all_uses_with(last.outputs[0], folded)
+        return name
+
+
+def _feeds_integer_kernels(node: ir.Node) -> bool:
+    """A plain int8 weight read only by layers that run as integer kernels."""
+    readers = list(node.outputs[0].consumers())
+    return (
+        is_plain_int8(node)
+        and bool(readers)
+        and all(reader.op_type in WEIGHT_OPS and runs_as_integer_kernel(reader) for reader in readers)
+    )
+
+
+def _constant_reshape(node: ir.Node) -> ir.Node | None:
+    """The Reshape (with a constant shape) that is the only reader of ``node``'s output."""
+    readers = list(node.outputs[0].consumers())
+    if len(readers) != 1 or readers[0].op_type != "Reshape":
+        return None
+    reshape = readers[0]
+    if reshape.inputs[1].const_value is None or reshape.outputs[0].is_graph_output():
+        return None
+    return reshape
+
+
+def _weight_name(graph: ir.Graph, node: ir.Node) -> str:
+    """``conv1.weight`` for a DequantizeLinear named ``conv1.weight_dq`` (when that name is free)."""
+    name = node.name.removesuffix("_dq")
+    return name if name != node.name and name not in graph.initializers else f"{node.name}_folded"
