@@ -86,7 +86,7 @@ def quantize(
     rounding: Annotated[str, typer.Option(help="Weight codes on the observer's grid: nearest; gptq (compensates each layer's rounding error over its calibration inputs); auto: gptq for weights under 8 bits when --calib is given, else nearest.")] = "auto",
     bias_correction: Annotated[Optional[bool], typer.Option("--bias-correction/--no-bias-correction", help="Subtract each layer's mean output shift, measured on the calibration images, from its bias (default: with gptq rounding).")] = None,
     decompose_scales: Annotated[bool, typer.Option("--decompose-scales", help="Store per-group weight scales as a per-channel float times low-bit integer codes.")] = False,
-    scale_bits: Annotated[int, typer.Option("--scale-bits", help="Bits of the decomposed scale codes (2..8).")] = 4,
+    scale_bits: Annotated[Optional[int], typer.Option("--scale-bits", help="Bits of the decomposed scale codes (2..8; default 4). Needs --decompose-scales.")] = None,
     smooth: Annotated[bool, typer.Option("--smooth", help="Move activation range into the weights that read it (SmoothQuant), folded into the weights: no runtime op.")] = False,
     alpha: Annotated[Optional[str], typer.Option(help="Smoothing strength in [0, 1], or auto: per channel set, the α (or none) with the lowest estimated quantization error.")] = None,
     act_scale: Annotated[Optional[str], typer.Option("--act-scale", help="Activation range in the smoothing scale: absmax, absmax*10, absmax/10.")] = None,
@@ -121,8 +121,7 @@ def quantize(
         ops=_split(ops),
         seed=seed,
         placement=resolve_placement(f_placement, weights, features),
-        decompose_scales=decompose_scales,
-        scale_bits=scale_bits,
+        **_decomposition(decompose_scales, scale_bits),
         **_rounding(rounding, bias_correction, wbits, calib is not None),
         **_smoothing(smooth, alpha, act_scale, smooth_mul),
         reorder=reorder,
@@ -147,6 +146,13 @@ def _rounding(rounding: str, bias_correction: bool | None, wbits: int, calibrate
     if bias_correction is None:
         bias_correction = rounding == "gptq"
     return {"rounding": rounding, "bias_correction": bias_correction}
+
+
+def _decomposition(decompose_scales: bool, scale_bits: int | None) -> dict:
+    """The QuantConfig fields of ``--decompose-scales``; ``--scale-bits`` alone is a mistake."""
+    if scale_bits is not None and not decompose_scales:
+        raise OnnxqError("--scale-bits needs --decompose-scales")
+    return {"decompose_scales": decompose_scales, "scale_bits": 4 if scale_bits is None else scale_bits}
 
 
 def _smoothing(smooth: bool, alpha: str | None, act_scale: str | None, mul: bool) -> dict:
@@ -186,6 +192,15 @@ def _print_quantize_summary(result, output: Path) -> None:
     )
     for node, reason in plan.skipped:
         typer.echo(f"  skipped {node}: {reason}")
+    if result.pass_selection:
+        from onnxq.pass_selection import choose
+
+        chosen = choose(result.pass_selection)
+        probes = ", ".join(f"{c.label} {c.divergence:.4g}" for c in result.pass_selection)
+        typer.echo(
+            f"automatic channel passes: kept {chosen.label} (KL from fp32 on the calibration "
+            f"images: {probes})"
+        )
     if result.channel_sets:
         from onnxq.channel_rewrites import summary_lines
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -23,10 +24,12 @@ from onnxq.passes import (
 )
 from onnxq.passes.insert_feature_qdq import FeatureParams
 from onnxq.passes.quantize_weights import QuantizedWeight
+from onnxq.pass_selection import Candidate, automatic_passes, select_passes
 from onnxq.plan import QuantPlan, make_plan
 from onnxq.preprocessing import PRESETS, Preprocessing
 
 VERSION_KEY = "onnxq.version"
+SELECTION_KEY = "onnxq.pass_selection"
 
 
 @dataclasses.dataclass
@@ -41,6 +44,7 @@ class QuantizeResult:
     calibration_images: int
     seconds: float
     channel_sets: list[ChannelSetReport] = dataclasses.field(default_factory=list)
+    pass_selection: list[Candidate] = dataclasses.field(default_factory=list)
 
 
 def quantize(
@@ -52,6 +56,7 @@ def quantize(
     ep: str = "auto",
     calibration_cache: CalibrationCache | None = None,
     verify: bool = False,
+    select: bool = True,
 ) -> QuantizeResult:
     """Quantize ``model`` in place as ``config`` says; features are calibrated on the images.
 
@@ -59,6 +64,8 @@ def quantize(
     weights and features, (3) feature calibration, (4) the Q/DQ passes, (5) metadata.
     ``calibration_cache`` reuses the feature parameters of an identical earlier calibration.
     ``verify`` makes the channel passes of stage (1) check that the outputs did not change.
+    ``select`` first probes which automatic channel passes help (``onnxq.pass_selection``);
+    the returned ``config`` is the one applied.
     """
     start = time.perf_counter()
     preprocessing = preprocessing or modelio.get_preprocessing(model) or PRESETS["torchvision"]
@@ -67,6 +74,11 @@ def quantize(
         if calibration_images is not None
         else None
     )
+    selection: list[Candidate] = []
+    if select and sample is not None and automatic_passes(config):
+        progress.status("probing the automatic channel passes on the calibration images")
+        chosen, selection = select_passes(model, config, sample, preprocessing, batch_size, ep)
+        config = chosen.config
     channel_sets = rewrite_channels(model, config, sample, preprocessing, batch_size, ep, verify)
     plan = make_plan(model, config)
     if not plan.weights and not plan.features:
@@ -92,6 +104,8 @@ def quantize(
         ir.passes.PassManager([CorrectBiasPass(rounding.bias_shifts(weights))])(model)
     model.metadata_props[METADATA_KEY] = config.to_json()
     model.metadata_props[VERSION_KEY] = __version__
+    if selection:
+        model.metadata_props[SELECTION_KEY] = json.dumps([c.to_dict() for c in selection])
     return QuantizeResult(
         model,
         config,
@@ -101,6 +115,7 @@ def quantize(
         len(sample) if plan.features or rounding is not None else 0,
         time.perf_counter() - start,
         channel_sets=channel_sets,
+        pass_selection=selection,
     )
 
 

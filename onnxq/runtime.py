@@ -47,15 +47,19 @@ def create_session(
     ep: str = "auto",
     threads: int | None = None,
     config: Mapping[str, str] | None = None,
+    memory_pattern: bool = True,
 ) -> ort.InferenceSession:
     """An inference session for an in-memory model, serialized bytes or a file path.
 
     ``config`` holds session configuration entries, e.g. ``FOLD_WEIGHTS_AT_LOAD``.
+    ``memory_pattern=False`` turns off ONNX Runtime's memory pattern planning, which otherwise
+    lets peak memory grow over a long stream of runs that return many intermediate tensors.
     """
     if isinstance(model, ir.Model):
         model = ir.serde.serialize_model(model).SerializeToString()
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.enable_mem_pattern = memory_pattern
     for key, value in (config or {}).items():
         options.add_session_config_entry(key, value)
     threads = threads or _settings["threads"]

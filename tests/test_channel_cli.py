@@ -25,7 +25,7 @@ def test_smooth_and_reorder_end_to_end(tmp_path, tiny_path, sample_dir):
         output = tmp_path / f"q{run}.onnx"
         result = onnxq(
             "-q", "quantize", tiny_path, "-o", output, "--calib", sample_dir, "--calib-size", 8,
-            *W4_GROUPS, "--smooth", "--alpha", 0.5, "--smooth-mul", "--reorder", "auto", "--verify",
+            *W4_GROUPS, "--smooth", "--alpha", 0.5, "--smooth-mul", "--reorder", "absmax", "--verify",
         )
         assert result.returncode == 0, result.stderr
         outputs.append(output.read_bytes())
@@ -44,7 +44,7 @@ def test_smooth_and_reorder_end_to_end(tmp_path, tiny_path, sample_dir):
     onnx.checker.check_model(model, full_check=True)
     metadata = {p.key: p.value for p in model.metadata_props}
     config = json.loads(metadata["onnxq.quantization"])
-    assert (config["smooth_alpha"], config["reorder"], config["smooth_mul"]) == (0.5, "auto", True)
+    assert (config["smooth_alpha"], config["reorder"], config["smooth_mul"]) == (0.5, "absmax", True)
     records = {r["name"]: r for r in json.loads(metadata["onnxq.channel_sets"])}
     assert records["conv2.out"]["smooth"]["status"] == "mul"
     assert records["conv2.out"]["smooth"]["inserted"] == ["relu2.out.smooth", "flat.out.smooth"]
@@ -72,6 +72,7 @@ def test_weight_keyed_reorder_needs_no_images(tmp_path, tiny_path):
         (["--reorder", "size"], "unknown --reorder key"),
         (["--weight-only", "--smooth"], "--smooth needs calibration images"),
         (["--weight-only", "--reorder", "absmax"], "--reorder absmax needs calibration images"),
+        (["--scheme", "per-group-affine", "--gs", "4", "--scale-bits", "3"], "--scale-bits needs --decompose-scales"),
     ],
 )
 def test_user_errors(tmp_path, tiny_path, args, fragment):

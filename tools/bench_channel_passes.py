@@ -26,6 +26,7 @@ from onnxq import data, evaluate, modelio, progress
 from onnxq.config import QuantConfig
 from onnxq.experiment import RowResult, run_row
 from onnxq.models.export import export_model
+from onnxq.pass_selection import choose
 from onnxq.schemes import Scheme
 from onnxq.tables import Reference, Row, markdown_table
 
@@ -77,6 +78,8 @@ def remark(name: str, row: RowResult, fp32: tuple[int, ...]) -> str:
     """The passes, top-1 agreement with fp32, and how many sets each pass changed."""
     agree = 100.0 * sum(a == b for a, b in zip(row.result.predictions, fp32)) / len(fp32)
     parts = [name or "no channel pass", f"agree {agree:.1f}%"]
+    if row.quantized and row.quantized.pass_selection:
+        parts.append(f"selection kept {choose(row.quantized.pass_selection).label}")
     sets = row.quantized.channel_sets if row.quantized else []
     for field, verb, done in (("smooth", "smoothed", ("folded", "mul")),
                               ("reorder", "reordered", ("permuted",))):

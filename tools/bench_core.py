@@ -1,9 +1,11 @@
 """Core quantization benchmark: EfficientNet-Lite0 on the 500 sample images.
 
 Rows: fp32, W8A8, W4A8 per-channel and per-group gs 32/8 (minmax and MSE observers) and W4A4
-per-group gs 8. Each quantization runs in a fresh process so that its wall time and peak
-resident memory are its own; every model is then evaluated on all 500 images (calibration uses a
-seeded sample of 128 of them). Prints a markdown table (paste it into BENCHMARKS.md).
+per-group gs 8, with round-to-nearest weights; then the W4A8 rows again with GPTQ rounding and
+bias correction (what the CLI does for 4-bit weights when given calibration images). Each
+quantization runs in a fresh process so that its wall time and peak resident memory are its
+own; every model is then evaluated on all 500 images (calibration uses a seeded sample of 128
+of them). Prints a markdown table (paste it into BENCHMARKS.md).
 
     python tools/bench_core.py [--data ../shared/data/imagenet-sample] [--workdir artifacts/bench]
 """
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import onnxruntime
 
-from onnxq import data, evaluate, modelio, progress
+from onnxq import accounting, data, evaluate, modelio, progress
 from onnxq.config import QuantConfig
 from onnxq.experiment import in_fresh_process
 from onnxq.models.export import export_model
@@ -26,10 +28,12 @@ from onnxq.schemes import Scheme
 REPO = Path(__file__).resolve().parent.parent
 
 
-def config(wbits, wscheme, gs, wobs, fbits, fobs="minmax") -> QuantConfig:
+def config(wbits, wscheme, gs, wobs, fbits, fobs="minmax", gptq=False) -> QuantConfig:
     return QuantConfig(
         weights=Scheme.parse(wscheme, bits=wbits, group_size=gs, observer=wobs),
         features=Scheme.parse("per-tensor-affine", bits=fbits, observer=fobs),
+        rounding="gptq" if gptq else "nearest",
+        bias_correction=gptq,
     )
 
 
@@ -42,6 +46,9 @@ ROWS = [
     ("W4A8", config(4, "per-group-affine", 8, "minmax", 8)),
     ("W4A8", config(4, "per-group-affine", 8, "mse", 8, "mse")),
     ("W4A4", config(4, "per-group-affine", 8, "mse", 4, "mse")),
+    ("W4A8", config(4, "per-channel-affine", None, "minmax", 8, gptq=True)),
+    ("W4A8", config(4, "per-group-affine", 32, "minmax", 8, gptq=True)),
+    ("W4A8", config(4, "per-group-affine", 8, "minmax", 8, gptq=True)),
 ]
 
 
@@ -69,9 +76,10 @@ def main() -> None:
     fp32 = evaluate.evaluate(str(float_path), images, preprocessing, ep="cpu")
     print(f"EfficientNet-Lite0, {len(images)} images, onnxruntime {onnxruntime.__version__}, "
           f"{platform.processor() or platform.machine()}\n")
-    print("|w_bit|f bit|w Qscheme|groupsize|observer (w/f)|top1 acc|top5 acc|quantize s|peak RSS MiB|")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"|float32|float32| /|/|/|{fp32.top1:.3f}|{fp32.top5:.3f}|/|/|")
+    print("|w_bit|f bit|w Qscheme|groupsize|observer (w/f)|rounding|top1 acc|top5 acc|"
+          "Equivalent wbit|quantize s|peak RSS MiB|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"|float32|float32| /|/|/|/|{fp32.top1:.3f}|{fp32.top5:.3f}|32|/|/|")
     for index, (label, row) in enumerate(ROWS):
         output = args.workdir / f"row{index}.onnx"
         _, seconds, peak = in_fresh_process(
@@ -79,10 +87,12 @@ def main() -> None:
         )
         result = evaluate.evaluate(str(output), images, preprocessing, ep="cpu")
         weights, features = row.weights, row.features
+        rounding = "gptq + bias corr." if row.rounding == "gptq" else "nearest"
+        bits = accounting.account(modelio.load_model(output)).equivalent_bits
         print(
             f"|{weights.bits}|{features.bits}|{weights.name}|{weights.group_size or '/'}|"
-            f"{weights.observer.value}/{features.observer.value}|{result.top1:.3f}|"
-            f"{result.top5:.3f}|{seconds:.1f}|{peak:.0f}|",
+            f"{weights.observer.value}/{features.observer.value}|{rounding}|{result.top1:.3f}|"
+            f"{result.top5:.3f}|{bits:.2f}|{seconds:.1f}|{peak:.0f}|",
             flush=True,
         )
 

@@ -178,6 +178,11 @@ def effnet_rows(quick: bool, model_path: Path) -> list[Row]:
         onnxq_row("W8A8", "per-channel, minmax, inputs", onnxq_config(8, "per-channel-symmetric")),
         onnxq_row("W8A8", "per-channel, minmax, fused", onnxq_config(8, "per-channel-symmetric", placement="fused")),
         onnxq_row("W8A8", "per-channel, mse, fused", onnxq_config(8, "per-channel-symmetric", observer="mse", placement="fused")),
+    ]
+    label, rounded8 = with_techniques(onnxq_config(8, "per-channel-symmetric", placement="fused"), ROUNDING)
+    if label:
+        rows.append(onnxq_row("W8A8", f"per-channel, minmax, {label}, fused", rounded8))
+    rows += [
         onnxq_row("W4A8", "per-channel, minmax", onnxq_config(4, "per-channel-affine")),
         onnxq_row("W4A8", "per-channel, mse", onnxq_config(4, "per-channel-affine", observer="mse")),
         onnxq_row("W4A8", "gs 32, mse", onnxq_config(4, "per-group-affine", 32, "mse")),

@@ -1,0 +1,34 @@
+"""The README's first command: ``onnxq demo`` on the images that the foolbox wheel ships."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from markdown_tables import parse_tables
+
+
+@pytest.mark.slow
+def test_demo_runs_the_main_job_on_real_images(tmp_path):
+    workdir = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "onnxq", "demo", "--workdir", str(workdir), "--ep", "cpu"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    (table,) = parse_tables(result.stdout)
+    rows = [dict(zip(table.header, row)) for row in table.rows]
+    assert [row["w_bit"] for row in rows] == ["float32", "8", "4", "4"]
+    top1 = [float(row["top1 acc"].split("(")[0]) for row in rows]
+    bits = [float(row["Equivalent wbit"]) for row in rows]
+    # 20 images: one image is 5 points. fp32 gets 19 of them right.
+    assert top1[0] >= 85.0
+    assert top1[1] >= top1[0] - 5.0  # W8A8
+    assert min(top1[2:]) >= top1[0] - 15.0  # W4A8, GPTQ
+    assert bits[1] == pytest.approx(8.0, abs=0.2)
+    assert bits[2] < 4.3 and bits[3] < 4.7
+    assert "calibrated on 20 images, evaluated on 20 (the same images)" in result.stderr
+    for tag in ("w8a8", "w4a8_per_channel", "w4a8_gs32"):
+        assert (workdir / f"efficientnet_lite0_{tag}.onnx").is_file()

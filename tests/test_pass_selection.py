@@ -1,0 +1,103 @@
+"""The automatic channel passes are kept only when the quantized network gains from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from onnxq import modelio, pass_selection
+from onnxq import quantize as quantize_module
+from onnxq.config import METADATA_KEY, QuantConfig
+from onnxq.pass_selection import Candidate, automatic_passes, choose, with_passes
+from onnxq.quantize import SELECTION_KEY, quantize
+from onnxq.schemes import Scheme
+
+W4A8 = QuantConfig(
+    weights=Scheme.parse("per-group-affine", bits=4, group_size=2),
+    features=Scheme.parse("per-tensor-affine", bits=8),
+    calib_size=8,
+)
+BOTH = dataclasses.replace(W4A8, smooth_alpha="auto", reorder="auto")
+
+
+def test_choose_takes_the_least_divergence_then_the_fewest_passes():
+    def candidate(passes, divergence):
+        return Candidate(passes, W4A8, divergence)
+
+    both = candidate(("smooth", "reorder"), 0.2)
+    reorder, neither = candidate(("reorder",), 0.1), candidate((), 0.3)
+    assert choose([both, reorder, neither]) is reorder
+    tie = candidate((), 0.1)
+    assert choose([both, reorder, tie]) is tie
+
+
+def test_only_automatic_passes_are_probed():
+    assert automatic_passes(W4A8) == ()
+    assert automatic_passes(BOTH) == ("smooth", "reorder")
+    explicit = dataclasses.replace(W4A8, smooth_alpha=0.5, reorder="auto")
+    assert automatic_passes(explicit) == ("reorder",)
+    assert with_passes(explicit, ()) == dataclasses.replace(explicit, reorder=None)
+    assert with_passes(BOTH, ("reorder",)) == dataclasses.replace(BOTH, smooth_alpha=None)
+
+
+def test_every_combination_is_probed_and_the_best_applied(tiny_path, sample_images):
+    model = modelio.load_model(tiny_path)
+    result = quantize(model, BOTH, sample_images.head(8))
+    labels = [c.label for c in result.pass_selection]
+    assert labels == ["smooth + reorder", "smooth", "reorder", "neither"]
+    divergences = [c.divergence for c in result.pass_selection]
+    assert all(np.isfinite(d) and d >= 0 for d in divergences)
+    chosen = choose(result.pass_selection)
+    assert result.config == chosen.config
+    stored = QuantConfig.from_dict(json.loads(model.metadata_props[METADATA_KEY]))
+    assert stored == chosen.config
+    recorded = json.loads(model.metadata_props[SELECTION_KEY])
+    assert [r["divergence"] for r in recorded] == divergences
+
+
+def test_a_pass_that_hurts_the_network_is_dropped(tiny_path, sample_images, monkeypatch):
+    """A reorder that (wrongly) changes the function must lose to the model without it."""
+    rewrite = quantize_module.rewrite_channels
+
+    def harmful_reorder(model: ir.Model, config, *args, **kwargs):
+        reports = rewrite(model, config, *args, **kwargs)
+        if config.reorder is not None:
+            weight = next(v for v in model.graph.initializers.values() if v.name.endswith("weight"))
+            weight.const_value = ir.tensor(weight.const_value.numpy() * np.float32(-1.0))
+        return reports
+
+    monkeypatch.setattr(quantize_module, "rewrite_channels", harmful_reorder)
+    config = dataclasses.replace(W4A8, reorder="auto")
+    result = quantize(modelio.load_model(tiny_path), config, sample_images.head(8))
+    by_label = {c.label: c.divergence for c in result.pass_selection}
+    assert by_label["reorder"] > by_label["neither"]
+    assert result.config.reorder is None
+
+
+def test_probes_do_not_touch_the_model(tiny_path, sample_images):
+    model = modelio.load_model(tiny_path)
+    before = ir.serde.serialize_model(model).SerializeToString()
+    preprocessing = modelio.get_preprocessing(model)
+    pass_selection.select_passes(model, BOTH, sample_images.head(4), preprocessing, 4, "cpu")
+    assert ir.serde.serialize_model(model).SerializeToString() == before
+
+
+@pytest.mark.slow
+def test_cli_reports_the_selection(tmp_path, tiny_path, sample_dir):
+    import subprocess
+    import sys
+
+    output = tmp_path / "q.onnx"
+    result = subprocess.run(
+        [sys.executable, "-m", "onnxq", "quantize", str(tiny_path), "-o", str(output), "--calib",
+         str(sample_dir), "--calib-size", "8", "--wbits", "4", "--scheme", "per-group-affine",
+         "--gs", "2", "--reorder", "auto", "--rounding", "nearest"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "automatic channel passes: kept " in result.stdout
+    assert "reorder " in result.stdout and "neither " in result.stdout
