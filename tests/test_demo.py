@@ -23,7 +23,7 @@ def test_demo_runs_the_main_job_on_real_images(tmp_path):
     assert [row["w_bit"] for row in rows] == ["float32", "8", "4", "4"]
     top1 = [float(row["top1 acc"].split("(")[0]) for row in rows]
     bits = [float(row["Equivalent wbit"]) for row in rows]
-    # 20 images: one image is 5 points. fp32 gets 19 of them right.
+    # 20 images: one image is 5 points. fp32 gets 17 of them right (85.0).
     assert top1[0] >= 85.0
     assert top1[1] >= top1[0] - 5.0  # W8A8
     assert min(top1[2:]) >= top1[0] - 15.0  # W4A8, GPTQ
