@@ -164,6 +164,7 @@ def quantize_file(
     batch_size: int = CALIBRATION_BATCH,
     ep: str = "auto",
     verify: bool = False,
+    select: bool = True,
 ) -> QuantizeResult:
     """Load ``source``, quantize it and write ``destination`` (atomically, checker-clean)."""
     model = modelio.load_model(source)
@@ -173,7 +174,8 @@ def quantize_file(
             "(resize 256, crop 224, ImageNet mean/std). Pass --preprocess to change it."
         )
     result = quantize(
-        model, config, calibration_images, preprocessing, batch_size, ep, verify=verify
+        model, config, calibration_images, preprocessing, batch_size, ep, verify=verify,
+        select=select,
     )
     modelio.save_model(result.model, destination)
     return result

@@ -92,12 +92,18 @@ def test_cli_reports_the_selection(tmp_path, tiny_path, sample_dir):
     import sys
 
     output = tmp_path / "q.onnx"
-    result = subprocess.run(
-        [sys.executable, "-m", "onnxq", "quantize", str(tiny_path), "-o", str(output), "--calib",
-         str(sample_dir), "--calib-size", "8", "--wbits", "4", "--scheme", "per-group-affine",
-         "--gs", "2", "--reorder", "auto", "--rounding", "nearest"],
-        capture_output=True, text=True,
-    )
+    command = [
+        sys.executable, "-m", "onnxq", "quantize", str(tiny_path), "-o", str(output), "--calib",
+        str(sample_dir), "--calib-size", "8", "--wbits", "4", "--scheme", "per-group-affine",
+        "--gs", "2", "--reorder", "auto", "--rounding", "nearest",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "automatic channel passes: kept " in result.stdout
     assert "reorder " in result.stdout and "neither " in result.stdout
+    unselected = subprocess.run(
+        [*command, "--no-select-passes"], capture_output=True, text=True
+    )
+    assert unselected.returncode == 0, unselected.stderr
+    assert "automatic channel passes" not in unselected.stdout
+    assert "reorder: " in unselected.stdout  # the pass ran as configured
