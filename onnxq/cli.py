@@ -95,7 +95,7 @@ def quantize(
     verify: Annotated[bool, typer.Option("--verify", help="Check that --smooth/--reorder keep the float outputs (max relative difference 1e-4).")] = False,
     select_passes: Annotated[bool, typer.Option("--select-passes/--no-select-passes", help="With --smooth (alpha auto) or --reorder auto: probe every on/off combination of those passes and keep the one whose quantized outputs on the calibration images are closest to fp32.")] = True,
     calib_size: Annotated[int, typer.Option(help="Calibration images (a seeded sample).")] = 128,
-    keep_8bit: Annotated[str, typer.Option("--keep-8bit", help="Layers kept at 8 bit: first, last, node names or op types, comma-separated.")] = "",
+    keep_8bit: Annotated[str, typer.Option("--keep-8bit", help="Layers kept at 8 bit: first, last, depthwise, node names or op types, comma-separated.")] = "",
     ops: Annotated[str, typer.Option(help="Op types whose inputs are quantized, comma-separated (add Add, GlobalAveragePool, ... to quantize their inputs too).")] = "Conv,Gemm,MatMul",
     f_placement: Annotated[str, typer.Option("--f-placement", help="Where feature Q/DQ go: inputs (of --ops), fused (inputs and outputs of every op with an integer kernel: the layout ONNX Runtime runs as int8 kernels) or auto (fused for 8-bit weights and features, else inputs).")] = "auto",
     preprocess: Annotated[Optional[str], typer.Option(help="Override the model's preprocessing: torchvision, efficientnet-lite, inception or JSON.")] = None,

@@ -134,15 +134,26 @@ def _kept_nodes(
             kept.update(node.name for node in weighted[:1])
         elif name == "last":
             kept.update(node.name for node in weighted[-1:])
+        elif name == "depthwise":
+            kept.update(node.name for node in weighted if _is_depthwise(node))
         else:
             matches = {node.name for node in nodes if name in (node.name, node.op_type)}
             if not matches:
                 raise OnnxqError(
                     f"--keep-8bit: no quantized node or op type is named {name!r} "
-                    "(use first, last, a node name or an op type)"
+                    "(use first, last, depthwise, a node name or an op type)"
                 )
             kept.update(matches)
     return kept
+
+
+def _is_depthwise(node: ir.Node) -> bool:
+    """A Conv with one input channel per group (``group`` equal to its input channels)."""
+    if node.op_type != "Conv" or node.attributes.get_int("group", 1) == 1:
+        return False
+    weight = node.inputs[1]
+    shape = weight.shape if weight is not None else None
+    return shape is not None and len(shape) > 1 and shape[1] == 1
 
 
 def _at_8bit(scheme: Scheme) -> Scheme:

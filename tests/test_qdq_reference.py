@@ -169,6 +169,15 @@ def test_keep_8bit_first_and_last(tiny_path, sample_images):
     assert feature_bits["input"] == 8 and feature_bits["flat.out"] == 8 and feature_bits["relu1.out"] == 4
 
 
+def test_keep_8bit_depthwise_names_every_depthwise_conv(tiny_path, sample_images):
+    model = modelio.load_model(tiny_path)
+    config = QuantConfig(weights=Scheme.parse("per-channel-affine", bits=4),
+                         keep_8bit=("depthwise", "last"))
+    result = quantize(model, config)
+    bits = {t.node: t.scheme.bits for t in result.plan.weights}
+    assert bits == {"conv1": 4, "conv2": 4, "dw3": 8, "pw4": 4, "fc": 8}
+
+
 def test_extra_ops_quantize_their_inputs(tiny_path, sample_images):
     model = modelio.load_model(tiny_path)
     config = QuantConfig(weights=Scheme.parse("per-channel-symmetric", bits=8),
