@@ -27,6 +27,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from onnxq import pass_selection
 from onnxq.config import METADATA_KEY
 
 CHANNEL_SETS_KEY = "onnxq.channel_sets"
@@ -117,6 +118,7 @@ class ModelAccount:
     config: dict | None  # the onnxq configuration recorded in the model, if any
     channel_sets: list[dict] | None  # what smooth and reorder did, if recorded
     include_fc: bool = False
+    pass_selection: list[dict] | None = None  # the probes of the automatic channel passes
 
     @property
     def counted(self) -> list[WeightAccount]:
@@ -171,6 +173,7 @@ class ModelAccount:
                 "tensors": [dataclasses.asdict(feature) for feature in self.features],
             },
             "channel_sets": self.channel_sets,
+            "pass_selection": self.pass_selection,
         }
 
     def to_json(self) -> str:
@@ -189,12 +192,14 @@ def account(model: ir.Model, include_fc: bool = False) -> ModelAccount:
     features = [_feature_account(node) for node in model.graph if _is_feature_quantize(node)]
     config = model.metadata_props.get(METADATA_KEY)
     channel_sets = model.metadata_props.get(CHANNEL_SETS_KEY)
+    selection = model.metadata_props.get(pass_selection.METADATA_KEY)
     return ModelAccount(
         weights,
         features,
         json.loads(config) if config else None,
         json.loads(channel_sets) if channel_sets else None,
         include_fc,
+        json.loads(selection) if selection else None,
     )
 
 

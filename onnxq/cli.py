@@ -195,14 +195,10 @@ def _print_quantize_summary(result, output: Path) -> None:
     for node, reason in plan.skipped:
         typer.echo(f"  skipped {node}: {reason}")
     if result.pass_selection:
-        from onnxq.pass_selection import choose
+        from onnxq.pass_selection import describe
 
-        chosen = choose(result.pass_selection)
-        probes = ", ".join(f"{c.label} {c.divergence:.4g}" for c in result.pass_selection)
-        typer.echo(
-            f"automatic channel passes: kept {chosen.label} (KL from fp32 on the calibration "
-            f"images: {probes})"
-        )
+        probes = [candidate.to_dict() for candidate in result.pass_selection]
+        typer.echo(f"automatic channel passes: {describe(probes)}")
     if result.channel_sets:
         from onnxq.channel_rewrites import summary_lines
 

@@ -25,6 +25,8 @@ from onnxq.preprocessing import Preprocessing
 
 #: Logit batches for the comparison.
 BATCH = 32
+#: ``metadata_props`` key of the probes, as ``Candidate.to_dict`` records.
+METADATA_KEY = "onnxq.pass_selection"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,16 @@ class Candidate:
 
     def to_dict(self) -> dict:
         return {"passes": list(self.passes), "divergence": self.divergence}
+
+
+def describe(probes: list[dict]) -> str:
+    """``kept reorder (KL from fp32 on the calibration images: smooth + reorder 0.39, ...)``."""
+    def label(probe: dict) -> str:
+        return " + ".join(probe["passes"]) or "neither"
+
+    kept = min(probes, key=lambda p: (p["divergence"], len(p["passes"])))
+    listed = ", ".join(f"{label(p)} {p['divergence']:.4g}" for p in probes)
+    return f"kept {label(kept)} (KL from fp32 on the calibration images: {listed})"
 
 
 def automatic_passes(config: QuantConfig) -> tuple[str, ...]:

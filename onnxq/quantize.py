@@ -24,12 +24,12 @@ from onnxq.passes import (
 )
 from onnxq.passes.insert_feature_qdq import FeatureParams
 from onnxq.passes.quantize_weights import QuantizedWeight
+from onnxq import pass_selection
 from onnxq.pass_selection import Candidate, automatic_passes, select_passes
 from onnxq.plan import QuantPlan, make_plan
 from onnxq.preprocessing import PRESETS, Preprocessing
 
 VERSION_KEY = "onnxq.version"
-SELECTION_KEY = "onnxq.pass_selection"
 
 
 @dataclasses.dataclass
@@ -105,7 +105,9 @@ def quantize(
     model.metadata_props[METADATA_KEY] = config.to_json()
     model.metadata_props[VERSION_KEY] = __version__
     if selection:
-        model.metadata_props[SELECTION_KEY] = json.dumps([c.to_dict() for c in selection])
+        model.metadata_props[pass_selection.METADATA_KEY] = json.dumps(
+            [c.to_dict() for c in selection]
+        )
     return QuantizeResult(
         model,
         config,

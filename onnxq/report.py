@@ -8,6 +8,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from onnxq import pass_selection
 from onnxq.accounting import ModelAccount, WeightAccount
 
 COLUMNS = (
@@ -66,6 +67,8 @@ def summary_lines(report: ModelAccount) -> list[str]:
         lines.append("features: float (weight-only)")
     if report.channel_sets is not None:
         lines.append(f"channel sets: {_channel_sets(report.channel_sets)}")
+    if report.pass_selection:
+        lines.append(f"automatic channel passes: {pass_selection.describe(report.pass_selection)}")
     if report.config is None:
         lines.append("no onnxq configuration recorded: schemes and bits inferred from the graph")
     return lines

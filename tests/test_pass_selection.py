@@ -13,7 +13,9 @@ from onnxq import modelio, pass_selection
 from onnxq import quantize as quantize_module
 from onnxq.config import METADATA_KEY, QuantConfig
 from onnxq.pass_selection import Candidate, automatic_passes, choose, with_passes
-from onnxq.quantize import SELECTION_KEY, quantize
+from onnxq.accounting import account
+from onnxq.quantize import quantize
+from onnxq.report import summary_lines
 from onnxq.schemes import Scheme
 
 W4A8 = QuantConfig(
@@ -55,8 +57,12 @@ def test_every_combination_is_probed_and_the_best_applied(tiny_path, sample_imag
     assert result.config == chosen.config
     stored = QuantConfig.from_dict(json.loads(model.metadata_props[METADATA_KEY]))
     assert stored == chosen.config
-    recorded = json.loads(model.metadata_props[SELECTION_KEY])
+    recorded = json.loads(model.metadata_props[pass_selection.METADATA_KEY])
     assert [r["divergence"] for r in recorded] == divergences
+    report = account(model)
+    assert report.pass_selection == recorded
+    line = next(x for x in summary_lines(report) if x.startswith("automatic channel passes"))
+    assert line.startswith(f"automatic channel passes: kept {chosen.label} (")
 
 
 def test_a_pass_that_hurts_the_network_is_dropped(tiny_path, sample_images, monkeypatch):
