@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from onnxq import __version__, calibration, layer_rounding, modelio, progress
+from onnxq import __version__, calibration, layer_rounding, modelio, pass_selection, progress
 from onnxq.cache import CalibrationCache
 from onnxq.calibration import CALIBRATION_BATCH
 from onnxq.channel_rewrites import ChannelSetReport, rewrite_channels
@@ -24,7 +24,6 @@ from onnxq.passes import (
 )
 from onnxq.passes.insert_feature_qdq import FeatureParams
 from onnxq.passes.quantize_weights import QuantizedWeight
-from onnxq import pass_selection
 from onnxq.pass_selection import Candidate, automatic_passes, select_passes
 from onnxq.plan import QuantPlan, make_plan
 from onnxq.preprocessing import PRESETS, Preprocessing
