@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxq.graph import is_depthwise
+
 #: Ops that keep channels in place and commute with a positive per-channel scale.
 HOMOGENEOUS_OPS = frozenset(
     {"Relu", "LeakyRelu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
@@ -477,7 +479,7 @@ class _Analyzer:
         weight = node.inputs[1]
         bias = node.inputs[2] if node.op_type != "MatMul" and len(node.inputs) > 2 else None
         shared = _shared_constants(weight, bias)
-        depthwise = node.op_type == "Conv" and group > 1 and weight.shape[1] == 1
+        depthwise = is_depthwise(node)
         if view is not None:
             self.consume(node, view, in_axis, group, depthwise, shared)
         rows = weight.shape[out_axis]

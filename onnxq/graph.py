@@ -51,3 +51,11 @@ def replace_constant(value: ir.Value, array: np.ndarray) -> None:
     array = np.ascontiguousarray(array, dtype=np.float32)
     value.const_value = ir.tensor(array, name=value.name)
     value.shape = ir.Shape(array.shape)
+
+
+def is_depthwise(node: ir.Node) -> bool:
+    """A Conv with one input channel per group (``group`` equal to its input channels)."""
+    if node.op_type != "Conv" or node.attributes.get_int("group", 1) == 1:
+        return False
+    shape = node.inputs[1].shape if node.inputs[1] is not None else None
+    return shape is not None and len(shape) > 1 and shape[1] == 1

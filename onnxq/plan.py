@@ -9,6 +9,7 @@ import onnx_ir as ir
 
 from onnxq.config import WEIGHT_OPS, QuantConfig
 from onnxq.errors import OnnxqError
+from onnxq.graph import is_depthwise
 from onnxq.placement import INTEGER_KERNEL_OPS, fused_features
 from onnxq.schemes import Scheme
 
@@ -135,7 +136,7 @@ def _kept_nodes(
         elif name == "last":
             kept.update(node.name for node in weighted[-1:])
         elif name == "depthwise":
-            kept.update(node.name for node in weighted if _is_depthwise(node))
+            kept.update(node.name for node in weighted if is_depthwise(node))
         else:
             matches = {node.name for node in nodes if name in (node.name, node.op_type)}
             if not matches:
@@ -145,15 +146,6 @@ def _kept_nodes(
                 )
             kept.update(matches)
     return kept
-
-
-def _is_depthwise(node: ir.Node) -> bool:
-    """A Conv with one input channel per group (``group`` equal to its input channels)."""
-    if node.op_type != "Conv" or node.attributes.get_int("group", 1) == 1:
-        return False
-    weight = node.inputs[1]
-    shape = weight.shape if weight is not None else None
-    return shape is not None and len(shape) > 1 and shape[1] == 1
 
 
 def _at_8bit(scheme: Scheme) -> Scheme:

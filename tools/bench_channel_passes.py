@@ -66,14 +66,6 @@ def base_config(
     )
 
 
-def depthwise_convs(path: Path) -> tuple[str, ...]:
-    model = modelio.load_model(path)
-    return tuple(
-        node.name for node in model.graph
-        if node.op_type == "Conv" and node.attributes.get_int("group", 1) > 1
-    )
-
-
 def remark(name: str, row: RowResult, fp32: tuple[int, ...]) -> str:
     """The passes, top-1 agreement with fp32, and how many sets each pass changed."""
     agree = 100.0 * sum(a == b for a, b in zip(row.result.predictions, fp32)) / len(fp32)
@@ -105,7 +97,7 @@ def main() -> None:
     if not float_path.exists():
         export_model(MODEL, float_path)
     calibration, evaluation = data.find_images(args.data).split(CALIBRATION_IMAGES, seed=0)
-    keep = () if args.all_4bit else ("first", "last") + depthwise_convs(float_path)
+    keep = () if args.all_4bit else ("first", "last", "depthwise")
 
     float_model = modelio.load_model(float_path)
     preprocessing = modelio.get_preprocessing(float_model)

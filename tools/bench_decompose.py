@@ -46,16 +46,9 @@ def config(gs: int, decompose: bool, keep: tuple[str, ...]) -> QuantConfig:
     )
 
 
-def kept_layers(names: str, path: Path) -> tuple[str, ...]:
-    """``--keep`` with ``depthwise`` replaced by the names of the depthwise convolutions."""
-    depthwise = tuple(
-        node.name for node in modelio.load_model(path).graph
-        if node.op_type == "Conv" and node.attributes.get_int("group", 1) > 1
-    )
-    kept: tuple[str, ...] = ()
-    for name in (part.strip() for part in names.split(",") if part.strip()):
-        kept += depthwise if name == "depthwise" else (name,)
-    return kept
+def kept_layers(names: str) -> tuple[str, ...]:
+    """``--keep`` as ``keep_8bit`` (``depthwise`` is one of its keywords)."""
+    return tuple(part.strip() for part in names.split(",") if part.strip())
 
 
 def main() -> None:
@@ -73,7 +66,7 @@ def main() -> None:
         export_model(MODEL, float_path)
     calibration, evaluation = data.find_images(args.data).split(CALIBRATION_IMAGES, seed=0)
     cache = CalibrationCache(args.workdir / "calibration")
-    keep = kept_layers(args.keep, float_path)
+    keep = kept_layers(args.keep)
 
     float_model = modelio.load_model(float_path)
     preprocessing = modelio.get_preprocessing(float_model)
