@@ -14,10 +14,14 @@ CPU = "CPUExecutionProvider"
 EP_CHOICES = ("auto", "cuda", "cpu")
 #: Session configuration that makes ONNX Runtime fold constant DequantizeLinear nodes (quantized
 #: weights) into float initializers when it loads a model. It also turns off its integer-kernel
-#: (QDQ) fusions, so it suits 4-bit and per-group models, not W8A8 ones.
+#: (QDQ) fusions, so it suits 4-bit and per-group models, not W8A8 ones on the CPU. CUDA sessions
+#: always use it: the CUDA EP has no integer convolutions (it runs a QDQ model in float either
+#: way) and its DequantizeLinear cannot run blocked 8-bit weights ("Unsupported quantization
+#: type", ONNX Runtime 1.31), which per-group models have wherever a layer is kept at 8 bits.
 FOLD_WEIGHTS_AT_LOAD = {"session.disable_quant_qdq": "1"}
 
 _settings: dict[str, int | None] = {"threads": None}
+_cuda_libraries: dict[str, bool] = {"loaded": False}
 
 
 def set_threads(threads: int | None) -> None:
@@ -35,11 +39,35 @@ def providers(ep: str = "auto") -> list[str]:
         return [CPU]
     if ep == "cuda":
         if CUDA not in available:
-            raise OnnxqError("the CUDA execution provider is not available (pip install onnxruntime-gpu)")
+            raise OnnxqError(
+                "the CUDA execution provider is not available: install onnxruntime-gpu in place of "
+                "onnxruntime (pip uninstall onnxruntime; pip install 'onnxruntime-gpu[cuda,cudnn]')"
+            )
+        _load_cuda_libraries()
         return [CUDA, CPU]
     if ep == "auto":
-        return [CUDA, CPU] if CUDA in available else [CPU]
+        if CUDA not in available:
+            return [CPU]
+        _load_cuda_libraries()
+        return [CUDA, CPU]
     raise OnnxqError(f"unknown execution provider {ep!r} (choose from {', '.join(EP_CHOICES)})")
+
+
+def _load_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the ``nvidia-*`` pip packages (or PyTorch's), once.
+
+    onnxruntime-gpu finds them only on the library path unless ``preload_dlls`` loads them
+    first; without them its CUDA provider fails to load and the session runs on the CPU.
+    """
+    if _cuda_libraries["loaded"]:
+        return
+    _cuda_libraries["loaded"] = True
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except OSError:
+            pass  # libraries on the system path still work; create_session checks the result
 
 
 def create_session(
@@ -60,16 +88,25 @@ def create_session(
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.enable_mem_pattern = memory_pattern
+    chosen = providers(ep)
+    if CUDA in chosen:
+        config = {**FOLD_WEIGHTS_AT_LOAD, **(config or {})}
     for key, value in (config or {}).items():
         options.add_session_config_entry(key, value)
     threads = threads or _settings["threads"]
     if threads:
         options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(model, options, providers=providers(ep))
+        session = ort.InferenceSession(model, options, providers=chosen)
     except (ort.capi.onnxruntime_pybind11_state.Fail, RuntimeError) as error:
         first_line = str(error).strip().splitlines()[0]
         raise OnnxqError(f"ONNX Runtime cannot load the model: {first_line}") from None
+    if ep == "cuda" and active_provider(session) != CUDA:
+        raise OnnxqError(
+            "ONNX Runtime could not start its CUDA execution provider (CUDA 12/13 or cuDNN 9 "
+            "libraries missing? pip install 'onnxruntime-gpu[cuda,cudnn]'); use --ep cpu or auto"
+        )
+    return session
 
 
 def active_provider(session: ort.InferenceSession) -> str:
