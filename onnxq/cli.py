@@ -93,7 +93,7 @@ def quantize(
     smooth_mul: Annotated[bool, typer.Option("--smooth-mul", help="Also smooth sets that cannot be folded (e.g. through ReLU6) with an explicit per-channel Mul, a runtime op.")] = False,
     reorder: Annotated[Optional[str], typer.Option(help="Permute channels so that per-group scales cover similar ranges, by: auto, absmax, max, weight-absmax, weight-max.")] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Check that --smooth/--reorder keep the float outputs (max relative difference 1e-4).")] = False,
-    select_passes: Annotated[bool, typer.Option("--select-passes/--no-select-passes", help="With --smooth (alpha auto) or --reorder auto: probe every on/off combination of those passes and keep the one whose quantized outputs on the calibration images are closest to fp32.")] = True,
+    select_passes: Annotated[bool, typer.Option("--select-passes/--no-select-passes", help="With --smooth (alpha auto) or --reorder auto: probe every on/off combination of those passes and keep a pass only where the quantized outputs on the calibration images come clearly closer to fp32 (KL lower by two standard errors).")] = True,
     calib_size: Annotated[int, typer.Option(help="Calibration images (a seeded sample).")] = 128,
     keep_8bit: Annotated[str, typer.Option("--keep-8bit", help="Layers kept at 8 bit: first, last, depthwise, node names or op types, comma-separated.")] = "",
     ops: Annotated[str, typer.Option(help="Op types whose inputs are quantized, comma-separated (add Add, GlobalAveragePool, ... to quantize their inputs too).")] = "Conv,Gemm,MatMul",
@@ -195,10 +195,9 @@ def _print_quantize_summary(result, output: Path) -> None:
     for node, reason in plan.skipped:
         typer.echo(f"  skipped {node}: {reason}")
     if result.pass_selection:
-        from onnxq.pass_selection import describe
+        from onnxq.pass_selection import describe, records
 
-        probes = [candidate.to_dict() for candidate in result.pass_selection]
-        typer.echo(f"automatic channel passes: {describe(probes)}")
+        typer.echo(f"automatic channel passes: {describe(records(result.pass_selection))}")
     if result.channel_sets:
         from onnxq.channel_rewrites import summary_lines
 

@@ -4,8 +4,11 @@
 consumer's own error (``onnxq.quant_error``); a change that lowers that estimate can still move
 the network's output further from the float model's. So when either pass is automatic, onnxq
 quantizes a copy of the model for every combination of the automatic passes switched on or
-off, and keeps the combination whose outputs on the calibration images are closest to the
-float model's: the smallest mean KL divergence between their softmax outputs. The probes round
+off, and compares their outputs on the calibration images with the float model's: the KL
+divergence between their softmax outputs, image by image. A combination is kept only when it is
+clearly closer to fp32 than every combination with fewer passes: its mean KL is lower by at
+least ``SIGNIFICANCE`` standard errors of the per-image paired difference. A pass whose gain is
+within the probes' sampling noise is left out, and the simpler model is kept. The probes round
 weights to nearest without bias correction (seconds each, where GPTQ takes a minute); passes
 given explicitly (``--alpha 0.5``, ``--reorder max``) are always applied.
 """
@@ -25,8 +28,10 @@ from onnxq.preprocessing import Preprocessing
 
 #: Logit batches for the comparison.
 BATCH = 32
-#: ``metadata_props`` key of the probes, as ``Candidate.to_dict`` records.
+#: ``metadata_props`` key of the probes, as ``records`` writes them.
 METADATA_KEY = "onnxq.pass_selection"
+#: Standard errors of the paired per-image KL difference a pass must gain to be kept.
+SIGNIFICANCE = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +40,13 @@ class Candidate:
 
     passes: tuple[str, ...]  # the automatic passes it keeps, e.g. ("smooth", "reorder")
     config: QuantConfig
-    divergence: float  # mean KL(float ‖ quantized) over the calibration images
+    #: KL(float ‖ quantized) of every calibration image.
+    divergences: np.ndarray = dataclasses.field(compare=False, repr=False)
+
+    @property
+    def divergence(self) -> float:
+        """The mean KL divergence over the calibration images."""
+        return float(np.mean(self.divergences))
 
     @property
     def label(self) -> str:
@@ -50,7 +61,8 @@ def describe(probes: list[dict]) -> str:
     def label(probe: dict) -> str:
         return " + ".join(probe["passes"]) or "neither"
 
-    kept = min(probes, key=lambda p: (p["divergence"], len(p["passes"])))
+    kept = next((p for p in probes if p.get("kept")), None)
+    kept = kept or min(probes, key=lambda p: (p["divergence"], len(p["passes"])))
     listed = ", ".join(f"{label(p)} {p['divergence']:.4g}" for p in probes)
     return f"kept {label(kept)} (KL from fp32 on the calibration images: {listed})"
 
@@ -78,9 +90,32 @@ def with_passes(config: QuantConfig, kept: tuple[str, ...]) -> QuantConfig:
     return dataclasses.replace(config, **changes)
 
 
+def clearly_closer(candidate: Candidate, other: Candidate) -> bool:
+    """Whether ``candidate``'s mean KL is below ``other``'s by ``SIGNIFICANCE`` standard errors
+    of their per-image difference (the same images in the same order)."""
+    gain = np.asarray(other.divergences, np.float64) - np.asarray(candidate.divergences, np.float64)
+    if gain.mean() <= 0:
+        return False
+    if len(gain) < 2:
+        return True
+    return bool(gain.mean() >= SIGNIFICANCE * gain.std(ddof=1) / np.sqrt(len(gain)))
+
+
 def choose(candidates: list[Candidate]) -> Candidate:
-    """The least divergent candidate; on a tie, the one with fewer passes."""
-    return min(candidates, key=lambda c: (c.divergence, len(c.passes)))
+    """The least divergent candidate that is clearly closer to fp32 than every candidate that
+    keeps only some of its passes; the candidate without passes needs no such proof."""
+    ranked = sorted(candidates, key=lambda c: (c.divergence, len(c.passes)))
+    for candidate in ranked:
+        simpler = [c for c in candidates if set(c.passes) < set(candidate.passes)]
+        if all(clearly_closer(candidate, other) for other in simpler):
+            return candidate
+    return ranked[0]
+
+
+def records(candidates: list[Candidate]) -> list[dict]:
+    """The probes as the metadata and the summaries list them, the chosen one marked ``kept``."""
+    chosen = choose(candidates) if candidates else None
+    return [{**c.to_dict(), "kept": c is chosen} for c in candidates]
 
 
 def select_passes(
@@ -108,7 +143,7 @@ def select_passes(
             copy = _clone(model)
             quantize(copy, probe, images, preprocessing, batch_size, ep, select=False)
             outputs = _softmax_outputs(copy, images, preprocessing, ep)
-            candidates.append(Candidate(kept, candidate, _mean_kl(reference, outputs)))
+            candidates.append(Candidate(kept, candidate, _kl_per_image(reference, outputs)))
     return choose(candidates), candidates
 
 
@@ -132,8 +167,8 @@ def _softmax_outputs(
     return np.concatenate(parts)
 
 
-def _mean_kl(reference: np.ndarray, outputs: np.ndarray) -> float:
-    """Mean over rows of ``KL(reference ‖ outputs)``."""
+def _kl_per_image(reference: np.ndarray, outputs: np.ndarray) -> np.ndarray:
+    """``KL(reference ‖ outputs)`` of every row."""
     tiny = np.finfo(np.float64).tiny
     ratio = np.log(np.maximum(reference, tiny)) - np.log(np.maximum(outputs, tiny))
-    return float((reference * ratio).sum(axis=1).mean())
+    return (reference * ratio).sum(axis=1)

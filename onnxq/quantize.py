@@ -105,7 +105,7 @@ def quantize(
     model.metadata_props[VERSION_KEY] = __version__
     if selection:
         model.metadata_props[pass_selection.METADATA_KEY] = json.dumps(
-            [c.to_dict() for c in selection]
+            pass_selection.records(selection)
         )
     return QuantizeResult(
         model,

@@ -26,15 +26,44 @@ W4A8 = QuantConfig(
 BOTH = dataclasses.replace(W4A8, smooth_alpha="auto", reorder="auto")
 
 
-def test_choose_takes_the_least_divergence_then_the_fewest_passes():
-    def candidate(passes, divergence):
-        return Candidate(passes, W4A8, divergence)
+def candidate(passes: tuple[str, ...], divergences) -> Candidate:
+    return Candidate(passes, W4A8, np.asarray(divergences, dtype=np.float64))
 
-    both = candidate(("smooth", "reorder"), 0.2)
-    reorder, neither = candidate(("reorder",), 0.1), candidate((), 0.3)
-    assert choose([both, reorder, neither]) is reorder
-    tie = candidate((), 0.1)
-    assert choose([both, reorder, tie]) is tie
+
+def test_a_pass_is_kept_when_it_is_clearly_closer_to_fp32():
+    rng = np.random.default_rng(0)
+    neither = candidate((), rng.uniform(0.2, 0.4, 100))
+    reorder = candidate(("reorder",), neither.divergences - rng.uniform(0.05, 0.1, 100))
+    assert pass_selection.clearly_closer(reorder, neither)
+    assert choose([reorder, neither]) is reorder
+
+
+def test_a_gain_within_the_noise_keeps_the_simpler_model():
+    rng = np.random.default_rng(0)
+    neither = candidate((), rng.uniform(0.2, 0.4, 100))
+    noise = rng.normal(0.0, 0.1, 100)
+    noisy = candidate(("reorder",), neither.divergences + noise - noise.mean() - 0.005)
+    assert noisy.divergence < neither.divergence  # lower on average, by 0.5 standard errors
+    assert not pass_selection.clearly_closer(noisy, neither)
+    assert choose([noisy, neither]) is neither
+
+
+def test_a_second_pass_must_also_beat_the_first_alone():
+    rng = np.random.default_rng(1)
+    neither = candidate((), rng.uniform(0.2, 0.4, 100))
+    reorder = candidate(("reorder",), neither.divergences - 0.1)
+    wobble = rng.normal(0.0, 0.05, 100)
+    both = candidate(("smooth", "reorder"), reorder.divergences + wobble - wobble.mean() - 0.001)
+    smooth = candidate(("smooth",), neither.divergences + 0.01)
+    assert both.divergence < reorder.divergence
+    assert choose([both, smooth, reorder, neither]) is reorder
+    kept = [r["kept"] for r in pass_selection.records([both, smooth, reorder, neither])]
+    assert kept == [False, False, True, False]
+
+
+def test_equal_probes_keep_no_pass():
+    same = np.full(10, 0.3)
+    assert choose([candidate(("reorder",), same), candidate((), same)]).passes == ()
 
 
 def test_only_automatic_passes_are_probed():
@@ -59,6 +88,7 @@ def test_every_combination_is_probed_and_the_best_applied(tiny_path, sample_imag
     assert stored == chosen.config
     recorded = json.loads(model.metadata_props[pass_selection.METADATA_KEY])
     assert [r["divergence"] for r in recorded] == divergences
+    assert [r["kept"] for r in recorded] == [c is chosen for c in result.pass_selection]
     report = account(model)
     assert report.pass_selection == recorded
     line = next(x for x in summary_lines(report) if x.startswith("automatic channel passes"))
