@@ -302,7 +302,9 @@ def test_efficientnet_lite0_on_real_images(effnet_path, sample_images):
 @pytest.mark.slow
 def test_reorder_brings_4bit_groups_closer_to_fp32(effnet_path, sample_images):
     """EfficientNet-Lite0, 4-bit weights in groups of 32 channels (depthwise, first and last
-    layers at 8 bits): reordering lowers the logit error on held-out real images by a third."""
+    layers at 8 bits): reordering lowers the logit error on held-out real images by a third.
+    The pass itself is measured: the selection, which on 32 calibration images may find the gain
+    within its noise, is off."""
     model = modelio.load_model(effnet_path)
     preprocessing = modelio.get_preprocessing(model)
     calibration, held_out = sample_images.split(32, seed=0)
@@ -317,7 +319,10 @@ def test_reorder_brings_4bit_groups_closer_to_fp32(effnet_path, sample_images):
     errors = {}
     for key in (None, "auto"):
         quantized = modelio.load_model(effnet_path)
-        quantize(quantized, dataclasses.replace(config, reorder=key), calibration, preprocessing)
+        quantize(
+            quantized, dataclasses.replace(config, reorder=key), calibration, preprocessing,
+            select=False,
+        )
         logits = equivalence.run(quantized, pixels)[0]
         errors[key] = float(np.square(logits - expected).sum() / np.square(expected).sum())
     assert errors["auto"] < errors[None] * 0.8
