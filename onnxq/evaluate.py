@@ -28,6 +28,13 @@ class EvalResult:
         result.pop("predictions")
         return result
 
+    def agreement(self, other: EvalResult) -> float:
+        """How often (percent) ``other``, evaluated on the same images, predicts the same class."""
+        if len(self.predictions) != len(other.predictions):
+            raise ValueError("agreement needs two evaluations of the same images")
+        same = np.asarray(self.predictions) == np.asarray(other.predictions)
+        return 100.0 * float(same.mean())
+
 
 def evaluate(
     model: ir.Model | str,

@@ -61,10 +61,9 @@ def describe(probes: list[dict]) -> str:
     def label(probe: dict) -> str:
         return " + ".join(probe["passes"]) or "neither"
 
-    kept = next((p for p in probes if p.get("kept")), None)
-    kept = kept or min(probes, key=lambda p: (p["divergence"], len(p["passes"])))
+    kept = next((label(p) for p in probes if p.get("kept")), "unrecorded")
     listed = ", ".join(f"{label(p)} {p['divergence']:.4g}" for p in probes)
-    return f"kept {label(kept)} (KL from fp32 on the calibration images: {listed})"
+    return f"kept {kept} (KL from fp32 on the calibration images: {listed})"
 
 
 def automatic_passes(config: QuantConfig) -> tuple[str, ...]:

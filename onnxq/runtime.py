@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import onnx_ir as ir
@@ -21,7 +22,6 @@ EP_CHOICES = ("auto", "cuda", "cpu")
 FOLD_WEIGHTS_AT_LOAD = {"session.disable_quant_qdq": "1"}
 
 _settings: dict[str, int | None] = {"threads": None}
-_cuda_libraries: dict[str, bool] = {"loaded": False}
 
 
 def set_threads(threads: int | None) -> None:
@@ -34,34 +34,28 @@ def set_threads(threads: int | None) -> None:
 
 def providers(ep: str = "auto") -> list[str]:
     """The provider list for ``ep`` (``auto``: CUDA when this onnxruntime build has it)."""
-    available = ort.get_available_providers()
+    if ep not in EP_CHOICES:
+        raise OnnxqError(f"unknown execution provider {ep!r} (choose from {', '.join(EP_CHOICES)})")
     if ep == "cpu":
         return [CPU]
-    if ep == "cuda":
-        if CUDA not in available:
+    if CUDA not in ort.get_available_providers():
+        if ep == "cuda":
             raise OnnxqError(
                 "the CUDA execution provider is not available: install onnxruntime-gpu in place of "
                 "onnxruntime (pip uninstall onnxruntime; pip install 'onnxruntime-gpu[cuda,cudnn]')"
             )
-        _load_cuda_libraries()
-        return [CUDA, CPU]
-    if ep == "auto":
-        if CUDA not in available:
-            return [CPU]
-        _load_cuda_libraries()
-        return [CUDA, CPU]
-    raise OnnxqError(f"unknown execution provider {ep!r} (choose from {', '.join(EP_CHOICES)})")
+        return [CPU]
+    _load_cuda_libraries()
+    return [CUDA, CPU]
 
 
+@functools.cache
 def _load_cuda_libraries() -> None:
     """Load CUDA and cuDNN from the ``nvidia-*`` pip packages (or PyTorch's), once.
 
     onnxruntime-gpu finds them only on the library path unless ``preload_dlls`` loads them
     first; without them its CUDA provider fails to load and the session runs on the CPU.
     """
-    if _cuda_libraries["loaded"]:
-        return
-    _cuda_libraries["loaded"] = True
     preload = getattr(ort, "preload_dlls", None)
     if preload is not None:
         try:

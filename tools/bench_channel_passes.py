@@ -125,7 +125,7 @@ def paired_change(row: EvalResult, reference: EvalResult, labels: np.ndarray) ->
 def remark(row: PooledRow, reference: PooledRow | None, fp32: EvalResult, labels: np.ndarray) -> str:
     """The passes, the change over the splits, agreement with fp32, and the sets changed."""
     result = row.result()
-    agree = 100.0 * np.mean(np.array(result.predictions) == np.array(fp32.predictions))
+    agree = result.agreement(fp32)
     parts = [row.name or "no channel pass"]
     if reference is not None and len(row.runs) > 1:
         change, error = paired_change(result, reference.result(), labels)

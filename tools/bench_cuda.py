@@ -87,11 +87,6 @@ def node_placement(path: Path, pixels: np.ndarray) -> tuple[int, int, dict[str, 
     return on_cuda, len(providers), dict(on_cpu), examples
 
 
-def agreement(first: evaluate.EvalResult, second: evaluate.EvalResult) -> float:
-    same = sum(a == b for a, b in zip(first.predictions, second.predictions))
-    return 100.0 * same / len(first.predictions)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/imagenet-sample")
@@ -132,7 +127,7 @@ def main() -> None:
             "provider": cuda.provider,
             "top1_cuda": cuda.top1,
             "top1_cpu": cpu.top1,
-            "agreement": agreement(cuda, cpu),
+            "agreement": cuda.agreement(cpu),
             "images_per_second_cuda": throughput(path, pixels, "cuda", args.warmup, args.runs),
             "images_per_second_cpu": throughput(path, pixels, "cpu", 2, max(3, args.runs // 10)),
             "nodes_on_cuda": on_cuda,

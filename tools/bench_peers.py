@@ -276,8 +276,7 @@ def score(measured: list[Measured], fp32: evaluate.EvalResult, fp32_path: Path,
         if accuracy:
             result = evaluate.evaluate(str(item.path), evaluation, preprocessing, ep="cpu")
             item.top1, item.top5 = result.top1, result.top5
-            agreement = np.asarray(result.predictions) == np.asarray(fp32.predictions)
-            item.agreement = 100.0 * np.mean(agreement)
+            item.agreement = result.agreement(fp32)
         item.speed_ratio = throughput_ratio(item.path, fp32_path, pixels)
         item.wbits = accounting.account(modelio.load_model(item.path)).equivalent_bits
 
