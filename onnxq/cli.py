@@ -82,6 +82,7 @@ def quantize(
     f_gs: Annotated[Optional[int], typer.Option("--f-gs", help="Feature group size in channels (per-group).")] = None,
     f_observer: Annotated[str, typer.Option("--f-observer", help="Feature observer: minmax, mse, percentile.")] = "minmax",
     percentile: Annotated[float, typer.Option(help="Percentile for the percentile observers.")] = 99.99,
+    symmetric_range: Annotated[str, typer.Option("--symmetric-range", help="Grid of symmetric schemes: restricted (codes ±(2^(b-1)-1), scale absmax/(2^(b-1)-1): both extremes representable) or full (codes -2^(b-1)..2^(b-1)-1, scale 2·absmax/(2^b-1): the positive extreme clips by half a step).")] = "restricted",
     weight_only: Annotated[bool, typer.Option("--weight-only", help="Keep features in float.")] = False,
     rounding: Annotated[str, typer.Option(help="Weight codes on the observer's grid: nearest; gptq (compensates each layer's rounding error over its calibration inputs); auto: gptq for weights under 8 bits when --calib is given, else nearest.")] = "auto",
     bias_correction: Annotated[Optional[bool], typer.Option("--bias-correction/--no-bias-correction", help="Subtract each layer's mean output shift, measured on the calibration images, from its bias (default: with gptq rounding).")] = None,
@@ -106,13 +107,16 @@ def quantize(
     """Quantize an ONNX CNN to a standard QDQ model."""
     from onnxq import data, preprocessing
     from onnxq.config import QuantConfig
-    from onnxq.placement import resolve_placement
     from onnxq.quantize import quantize_file
     from onnxq.schemes import Scheme
 
-    weights = Scheme.parse(scheme, bits=wbits, group_size=gs, observer=observer, percentile=percentile)
+    weights = Scheme.parse(
+        scheme, bits=wbits, group_size=gs, observer=observer, percentile=percentile,
+        symmetric_range=symmetric_range,
+    )
     features = None if weight_only else Scheme.parse(
-        f_scheme, bits=fbits, group_size=f_gs, observer=f_observer, percentile=percentile
+        f_scheme, bits=fbits, group_size=f_gs, observer=f_observer, percentile=percentile,
+        symmetric_range=symmetric_range,
     )
     config = QuantConfig(
         weights=weights,
@@ -121,9 +125,10 @@ def quantize(
         keep_8bit=_split(keep_8bit),
         ops=_split(ops),
         seed=seed,
-        placement=resolve_placement(f_placement, weights, features),
+        placement=f_placement,
         **_decomposition(decompose_scales, scale_bits),
-        **_rounding(rounding, bias_correction, wbits, calib is not None),
+        rounding=rounding,
+        bias_correction=bias_correction,
         **_smoothing(smooth, alpha, act_scale, smooth_mul),
         reorder=reorder,
     )
@@ -134,20 +139,6 @@ def quantize(
         select_passes,
     )
     _print_quantize_summary(result, output)
-
-
-def _rounding(rounding: str, bias_correction: bool | None, wbits: int, calibrated: bool) -> dict:
-    """The QuantConfig fields of ``--rounding`` and ``--bias-correction``, ``auto`` resolved."""
-    if rounding == "auto":
-        rounding = "gptq" if wbits < 8 and calibrated else "nearest"
-        if wbits < 8 and not calibrated:
-            progress.status(
-                f"[yellow]note:[/] {wbits}-bit weights are rounded to nearest without calibration "
-                "images; --calib DIR enables GPTQ rounding and bias correction."
-            )
-    if bias_correction is None:
-        bias_correction = rounding == "gptq"
-    return {"rounding": rounding, "bias_correction": bias_correction}
 
 
 def _decomposition(decompose_scales: bool, scale_bits: int | None) -> dict:

@@ -50,6 +50,10 @@ class QuantConfig:
     ``rounding`` chooses weight codes on the observer's grid: ``nearest``, or ``gptq`` (error
     compensation over each layer's calibration inputs); ``bias_correction`` subtracts each
     layer's mean output shift from its bias (see ``onnxq.layer_rounding``).
+
+    ``placement``, ``rounding`` and ``bias_correction`` default to ``auto`` (None for bias
+    correction): ``resolved`` turns them into what a run applies, the same for the command line,
+    this API, sweeps and the demo. ``quantize`` resolves its config first and records the result.
     """
 
     weights: Scheme
@@ -58,15 +62,15 @@ class QuantConfig:
     keep_8bit: tuple[str, ...] = ()
     ops: tuple[str, ...] = WEIGHT_OPS
     seed: int = 0
-    placement: str = "inputs"
+    placement: str = AUTO
     smooth_alpha: float | str | None = None
     act_scale: str = "absmax"
     smooth_mul: bool = False
     reorder: str | None = None
     decompose_scales: bool = False
     scale_bits: int = 4
-    rounding: str = "nearest"
-    bias_correction: bool = False
+    rounding: str = AUTO
+    bias_correction: bool | None = None
 
     def __post_init__(self) -> None:
         unknown = [op for op in self.ops if op not in WEIGHT_OPS + FEATURE_OPS]
@@ -75,10 +79,9 @@ class QuantConfig:
                 f"cannot quantize op type {unknown[0]!r} "
                 f"(supported: {', '.join(WEIGHT_OPS + FEATURE_OPS)})"
             )
-        if self.placement not in PLACEMENTS:
-            raise OnnxqError(
-                f"unknown feature placement {self.placement!r} (choose from {', '.join(PLACEMENTS)})"
-            )
+        if self.placement not in PLACEMENTS + (AUTO,):
+            choices = ", ".join(PLACEMENTS + (AUTO,))
+            raise OnnxqError(f"unknown feature placement {self.placement!r} (choose from {choices})")
         if self.calib_size < 1:
             raise OnnxqError(f"calibration size must be at least 1, got {self.calib_size}")
         if self.smooth_alpha not in (None, AUTO) and not 0.0 <= self.smooth_alpha <= 1.0:
@@ -101,10 +104,37 @@ class QuantConfig:
             raise OnnxqError(
                 f"--scale-bits must be between {MIN_BITS} and {MAX_BITS}, got {self.scale_bits}"
             )
-        if self.rounding not in ROUNDINGS:
+        if self.rounding not in ROUNDINGS + (AUTO,):
             raise OnnxqError(
-                f"unknown --rounding {self.rounding!r} (choose from {', '.join(ROUNDINGS)})"
+                f"unknown --rounding {self.rounding!r} (choose from {', '.join(ROUNDINGS + (AUTO,))})"
             )
+
+    def resolved(self, calibrated: bool) -> QuantConfig:
+        """This config with every ``auto`` decided; ``calibrated``: calibration images are given.
+
+        * placement ``auto``: ``fused`` (the layout ONNX Runtime runs as int8 kernels) when
+          weights and features are both 8-bit, else ``inputs``;
+        * rounding ``auto``: ``gptq`` for weights under 8 bits when calibrated, else ``nearest``;
+        * bias correction unset: on with ``gptq`` rounding.
+        """
+        placement = self.placement
+        if placement == AUTO:
+            eight_bit = self.features is not None and self.weights.bits == self.features.bits == 8
+            placement = "fused" if eight_bit else "inputs"
+        rounding = self.rounding
+        if rounding == AUTO:
+            rounding = "gptq" if self.weights.bits < 8 and calibrated else "nearest"
+        bias_correction = self.bias_correction
+        if bias_correction is None:
+            bias_correction = rounding == "gptq"
+        return dataclasses.replace(
+            self, placement=placement, rounding=rounding, bias_correction=bias_correction
+        )
+
+    @property
+    def is_resolved(self) -> bool:
+        """No setting is left to ``resolved``."""
+        return AUTO not in (self.placement, self.rounding) and self.bias_correction is not None
 
     def to_dict(self) -> dict:
         return {
@@ -130,20 +160,27 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> QuantConfig:
+        """The inverse of ``to_dict``, for recorded (resolved) configs: a key that a record
+        written before its setting existed lacks takes the value that leaves the technique off
+        (``techniques_off``)."""
+        fields = {field.name for field in dataclasses.fields(cls)} - {"weights", "features"}
+        settings = {key: value for key, value in data.items() if key in fields}
+        for key in ("keep_8bit", "ops"):
+            if key in settings:
+                settings[key] = tuple(settings[key])
         return cls(
             weights=Scheme.from_dict(data["weights"]),
             features=Scheme.from_dict(data["features"]) if data.get("features") else None,
-            calib_size=data.get("calib_size", 128),
-            keep_8bit=tuple(data.get("keep_8bit", ())),
-            ops=tuple(data.get("ops", WEIGHT_OPS)),
-            seed=data.get("seed", 0),
-            placement=data.get("placement", "inputs"),
-            smooth_alpha=data.get("smooth_alpha"),
-            act_scale=data.get("act_scale", "absmax"),
-            smooth_mul=data.get("smooth_mul", False),
-            reorder=data.get("reorder"),
-            decompose_scales=data.get("decompose_scales", False),
-            scale_bits=data.get("scale_bits", 4),
-            rounding=data.get("rounding", "nearest"),
-            bias_correction=data.get("bias_correction", False),
+            **{**_TECHNIQUES_OFF, **settings},
         )
+
+
+#: The settings of ``techniques_off`` that differ from the fields' defaults.
+_TECHNIQUES_OFF = {"placement": "inputs", "rounding": "nearest", "bias_correction": False}
+
+
+def techniques_off(weights: Scheme, features: Scheme | None = None) -> QuantConfig:
+    """The resolved config with every technique off: round-to-nearest, no bias correction,
+    feature Q/DQ on the inputs. Run ids and plot labels name what a config changes from this,
+    so they stay the same when a default changes."""
+    return QuantConfig(weights=weights, features=features, **_TECHNIQUES_OFF)

@@ -1,21 +1,25 @@
 """The embedded default job: EfficientNet-Lite0, real images, fp32 vs W8A8 vs W4A8.
 
-The 4-bit rows use what onnxq recommends at 4 bits (README, "Rounding"): affine weights with
-GPTQ rounding and bias correction, the classifier kept at 8 bits; the per-group row adds channel
-reordering and decomposed scales, which bring its scale overhead close to per-channel's.
+Every row uses the defaults that ``onnxq quantize`` applies (``QuantConfig.resolved``): W8A8 is
+the CLI's default W8A8 (restricted symmetric per-channel weights, fused placement, rounded to
+nearest), and the 4-bit rows get GPTQ rounding and bias correction without asking. They add what
+onnxq recommends at 4 bits (README, "Rounding"): affine weights and the classifier kept at 8
+bits; the per-group row adds channel reordering and decomposed scales, which bring its scale
+overhead close to per-channel's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
-from onnxq import accounting, data, evaluate, modelio, progress
+from onnxq import accounting, data, evaluate, modelio
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
 from onnxq.experiment import run_row
 from onnxq.schemes import Scheme
-from onnxq.tables import SWEEP_HEADER, Row, markdown_table
+from onnxq.tables import DEMO_HEADER, Row, markdown_table
 
 MODEL = "efficientnet_lite0"
 
@@ -27,7 +31,7 @@ CONFIGS = (
             weights=Scheme.parse("per-channel-symmetric", bits=8),
             features=Scheme.parse("per-tensor-affine", bits=8),
         ),
-        "",
+        "the CLI's W8A8 default",
     ),
     (
         "w4a8_per_channel",
@@ -35,10 +39,8 @@ CONFIGS = (
             weights=Scheme.parse("per-channel-affine", bits=4),
             features=Scheme.parse("per-tensor-affine", bits=8),
             keep_8bit=("last",),
-            rounding="gptq",
-            bias_correction=True,
         ),
-        "gptq, bias correction, classifier 8-bit",
+        "classifier 8-bit",
     ),
     (
         "w4a8_gs32",
@@ -48,10 +50,8 @@ CONFIGS = (
             keep_8bit=("last",),
             reorder="auto",
             decompose_scales=True,
-            rounding="gptq",
-            bias_correction=True,
         ),
-        "w: mse, reorder, scale decomp, gptq, bias correction, classifier 8-bit",
+        "w: mse, reorder, scale decomp, classifier 8-bit",
     ),
 )
 
@@ -69,7 +69,8 @@ def foolbox_images() -> data.ImageSet:
 
 
 def run_demo(data_dir: Path | None, workdir: Path, calib_size: int, ep: str) -> str:
-    """Run the demo and return its table (markdown, the seed log's format)."""
+    """Run the demo and return its table (markdown, the seed log's format) and a note on the
+    images it used."""
     images = data.find_images(data_dir) if data_dir else foolbox_images()
     data.require_labels(images, data_dir or "foolbox/data")
     calibration, evaluation = _split(images, calib_size)
@@ -86,13 +87,46 @@ def run_demo(data_dir: Path | None, workdir: Path, calib_size: int, ep: str) -> 
         output = workdir / f"{MODEL}_{tag}.onnx"
         row = run_row(float_path, config, calibration, evaluation, output, ep=ep)
         wbit = accounting.account(modelio.load_model(output)).equivalent_bits
-        rows.append(Row.from_config(MODEL, config, row.result, remark, wbit=wbit))
-    progress.status(
-        f"calibrated on {len(calibration)} images, evaluated on {len(evaluation)}"
-        + (" (the same images)" if calibration is evaluation else " (disjoint)")
-        + f" with {baseline.provider}; models in {workdir}/"
+        quantized = Row.from_config(
+            MODEL, row.config, row.result, _remark(row.config, remark), wbit=wbit
+        )
+        rows.append(_with_agreement(quantized, baseline.agreement(row.result)))
+    return markdown_table(rows, DEMO_HEADER) + "\n" + _images_note(
+        calibration, evaluation, baseline.provider, workdir
     )
-    return markdown_table(rows, SWEEP_HEADER)
+
+
+def demo_config(tag: str) -> QuantConfig:
+    """The demo's (unresolved) config of the row ``tag``."""
+    return {name: config for name, config, _ in CONFIGS}[tag]
+
+
+def _remark(config: QuantConfig, remark: str) -> str:
+    """``remark`` with the resolved rounding that the row's config applied."""
+    applied = [config.rounding] if config.rounding != "nearest" else []
+    applied += ["bias correction"] * config.bias_correction
+    return ", ".join(part for part in [remark, *applied] if part)
+
+
+def _with_agreement(row: Row, agreement: float) -> Row:
+    return dataclasses.replace(row, agreement=agreement)
+
+
+def _images_note(
+    calibration: data.ImageSet, evaluation: data.ImageSet, provider: str, workdir: Path
+) -> str:
+    if calibration is evaluation:
+        where = (
+            f"Calibrated and evaluated on the same {len(evaluation)} images: top-1 here is "
+            "optimistic; fp32 agreement (how often the quantized model keeps the float model's "
+            "class) is what so few images can show. --data DIR with more images than "
+            "--calib-size splits them into disjoint sets."
+        )
+    else:
+        where = (
+            f"Calibrated on {len(calibration)} images, evaluated on {len(evaluation)} others."
+        )
+    return f"{where} Ran on {provider}; models in {workdir}/.\n"
 
 
 def _split(images: data.ImageSet, calib_size: int) -> tuple[data.ImageSet, data.ImageSet]:

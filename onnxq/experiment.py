@@ -61,7 +61,7 @@ def run_row(
     start = time.perf_counter()
     result = evaluate.evaluate(model, evaluation, preprocessing, ep=ep)
     return RowResult(
-        config, result, seconds, Path(output) if output else None, quantized,
+        quantized.config, result, seconds, Path(output) if output else None, quantized,
         time.perf_counter() - start,
     )
 

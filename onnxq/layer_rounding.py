@@ -93,7 +93,9 @@ class _GptqChooser:
         weight, step, offset = (
             self._layer_rows(array, groups, depth) for array in (view, scale, zero_point)
         )
-        codes = gptq_codes(weight, hessian, step, offset, scheme.bits, scheme.signed)
+        codes = gptq_codes(
+            weight, hessian, step, offset, scheme.bits, scheme.signed, scheme.restricted
+        )
         return self._view(codes, view.shape)
 
     @property

@@ -22,9 +22,13 @@ def _quantization_error(
     values: np.ndarray, weights: np.ndarray, lo: np.ndarray, hi: np.ndarray, scheme: Scheme
 ) -> np.ndarray:
     """Weighted squared error of fake-quantizing ``values`` with range ``[lo, hi]`` per row."""
-    scale, zero_point = quant_math.scale_and_zero_point(lo, hi, scheme.bits, scheme.symmetric)
+    scale, zero_point = quant_math.scale_and_zero_point(
+        lo, hi, scheme.bits, scheme.symmetric, scheme.restricted
+    )
     scale, zero_point = scale[..., None], zero_point[..., None]
-    restored = quant_math.fake_quantize(values, scale, zero_point, scheme.bits, scheme.signed)
+    restored = quant_math.fake_quantize(
+        values, scale, zero_point, scheme.bits, scheme.signed, scheme.restricted
+    )
     restored -= values
     np.square(restored, out=restored)
     restored *= weights

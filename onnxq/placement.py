@@ -11,8 +11,8 @@ sits between DequantizeLinear inputs and a QuantizeLinear output. An output whos
 a Relu or Clip is quantized after that activation instead; ONNX Runtime folds the activation into
 the quantized range (its lower end is 0 for affine features). Graph outputs stay float.
 
-The command line's ``auto`` picks ``fused`` for W8A8, the configuration that deploys as int8
-kernels, and ``inputs`` for everything else.
+``auto`` (``QuantConfig.resolved``) picks ``fused`` for W8A8, the configuration that deploys as
+int8 kernels, and ``inputs`` for everything else.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import onnx_ir as ir
 from onnxq.schemes import Scheme
 
 PLACEMENTS = ("inputs", "fused")
-AUTO = "auto"
 
 #: Op types with integer kernels in ONNX Runtime's CPU execution provider; ``fused`` quantizes
 #: their inputs and outputs.
@@ -43,14 +42,6 @@ INTEGER_KERNEL_OPS = (
 #: Activations that ONNX Runtime folds into the QuantizeLinear that follows them.
 FOLDED_ACTIVATIONS = ("Relu", "Clip")
 _WEIGHTED = ("Conv", "Gemm", "MatMul")
-
-
-def resolve_placement(name: str, weights: Scheme, features: Scheme | None) -> str:
-    """``name``, with ``auto`` resolved: ``fused`` when weights and features are both 8-bit."""
-    if name != AUTO:
-        return name
-    eight_bit = features is not None and weights.bits == features.bits == 8
-    return "fused" if eight_bit else "inputs"
 
 
 @dataclasses.dataclass(frozen=True)

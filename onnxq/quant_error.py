@@ -60,10 +60,17 @@ def feature_error(statistics: ChannelStatistics, scheme: Scheme) -> np.ndarray:
     lo, hi = _group_extremes(statistics, group_of)
     if scheme.observer is Observer.MSE:
         lo, hi = _mse_group_ranges(statistics, group_of, lo, hi, scheme)
-    step, zero_point = quant_math.scale_and_zero_point(lo, hi, scheme.bits, scheme.symmetric)
+    step, zero_point = quant_math.scale_and_zero_point(
+        lo, hi, scheme.bits, scheme.symmetric, scheme.restricted
+    )
     centers = statistics.centers
     restored = quant_math.fake_quantize(
-        centers, step[group_of][:, None], zero_point[group_of][:, None], scheme.bits, scheme.signed
+        centers,
+        step[group_of][:, None],
+        zero_point[group_of][:, None],
+        scheme.bits,
+        scheme.signed,
+        scheme.restricted,
     )
     counts = statistics.counts
     squared = counts * np.square(restored - centers, dtype=np.float64)

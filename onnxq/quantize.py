@@ -13,7 +13,7 @@ from onnxq import __version__, calibration, layer_rounding, modelio, pass_select
 from onnxq.cache import CalibrationCache
 from onnxq.calibration import CALIBRATION_BATCH
 from onnxq.channel_rewrites import ChannelSetReport, rewrite_channels
-from onnxq.config import METADATA_KEY, QuantConfig
+from onnxq.config import AUTO, METADATA_KEY, QuantConfig
 from onnxq.data import ImageSet
 from onnxq.errors import OnnxqError
 from onnxq.passes import (
@@ -63,10 +63,12 @@ def quantize(
     weights and features, (3) feature calibration, (4) the Q/DQ passes, (5) metadata.
     ``calibration_cache`` reuses the feature parameters of an identical earlier calibration.
     ``verify`` makes the channel passes of stage (1) check that the outputs did not change.
-    ``select`` first probes which automatic channel passes help (``onnxq.pass_selection``);
-    the returned ``config`` is the one applied.
+    ``select`` first probes which automatic channel passes help (``onnxq.pass_selection``).
+    Every ``auto`` of ``config`` is resolved first (``QuantConfig.resolved``); the returned and
+    recorded ``config`` is the one applied.
     """
     start = time.perf_counter()
+    config = _resolve(config, calibrated=calibration_images is not None)
     preprocessing = preprocessing or modelio.get_preprocessing(model) or PRESETS["torchvision"]
     sample = (
         calibration_images.sample(config.calib_size, config.seed)
@@ -118,6 +120,17 @@ def quantize(
         channel_sets=channel_sets,
         pass_selection=selection,
     )
+
+
+def _resolve(config: QuantConfig, calibrated: bool) -> QuantConfig:
+    """``config.resolved``, with a note when 4-bit weights lose GPTQ for want of images."""
+    resolved = config.resolved(calibrated)
+    if config.rounding == AUTO and config.weights.bits < 8 and not calibrated:
+        progress.status(
+            f"[yellow]note:[/] {config.weights.bits}-bit weights are rounded to nearest without "
+            "calibration images; --calib DIR enables GPTQ rounding and bias correction."
+        )
+    return resolved
 
 
 def _decompose_scales_pass(

@@ -51,6 +51,7 @@ def gptq_codes(
     zero_point: np.ndarray,
     bits: int,
     signed: bool,
+    restricted: bool = False,
     damping: float = 0.01,
     act_order: bool = True,
 ) -> np.ndarray:
@@ -77,7 +78,9 @@ def gptq_codes(
         for column in range(start, stop):
             step, offset = scale[:, :, column], zero_point[:, :, column]
             values = work[:, :, column]
-            code = quant_math.quantize(values, step.astype(np.float32), offset, bits, signed)
+            code = quant_math.quantize(
+                values, step.astype(np.float32), offset, bits, signed, restricted
+            )
             codes[:, :, column] = code
             error = (values - (code - offset) * step) / upper[:, column, column][:, None]
             work[:, :, column:stop] -= error[:, :, None] * upper[:, None, column, column:stop]

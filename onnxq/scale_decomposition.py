@@ -69,18 +69,20 @@ def decompose_scales(
     zero_point: np.ndarray | None,
     weight_bits: int,
     scale_bits: int,
+    restricted: bool = False,
 ) -> DecomposedScales:
     """Decompose the per-group ``scale`` ``[R, G]`` of weights ``groups`` ``[R, G, block]``.
 
     ``mask`` ``[G, block]`` marks real entries (see ``quant_math.group_rows``); ``scale`` and
     ``zero_point`` (None for symmetric) are the plain per-group grid, used as each group's ideal.
+    ``restricted``: symmetric codes stop at ``±(2^(b−1)−1)`` (``quant_math.integer_range``).
     """
     rows = max(1, _CHUNK_ELEMENTS // max(1, groups[0].size))
     parts = [
         _decompose_rows(
             groups[start : start + rows], mask, scale[start : start + rows],
             None if zero_point is None else zero_point[start : start + rows],
-            weight_bits, scale_bits,
+            weight_bits, scale_bits, restricted,
         )
         for start in range(0, len(scale), rows)
     ]
@@ -99,8 +101,9 @@ def _decompose_rows(
     zero_point: np.ndarray | None,
     weight_bits: int,
     scale_bits: int,
+    restricted: bool,
 ) -> DecomposedScales:
-    grid = _Grid(groups, mask, scale, zero_point, weight_bits)
+    grid = _Grid(groups, mask, scale, zero_point, weight_bits, restricted)
     codes_max = (1 << scale_bits) - 1
     max_offset = 0 if zero_point is None else offset_range(scale_bits)
     largest = np.where(grid.varies, scale, 0.0).max(axis=1)
@@ -152,17 +155,19 @@ class _Grid:
         scale: np.ndarray,
         zero_point: np.ndarray | None,
         bits: int,
+        restricted: bool = False,
     ) -> None:
         self.groups = groups
         self.mask = None if mask.all() else mask.astype(np.float32)  # None: no padding
         self.bits, self.signed = bits, zero_point is None
+        self.restricted = restricted and self.signed
         self.centre = None if self.signed else _grid_centre(scale, zero_point, bits)
         self.varies = np.abs(groups).max(axis=-1) > 0
 
     def error(self, scale: np.ndarray) -> np.ndarray:
         """Squared error per group ``[R, G]`` of quantizing at ``scale`` (zero points re-chosen)."""
         # quant_math.fake_quantize, computed in place (the same float32 operations).
-        qmin, qmax = quant_math.integer_range(self.bits, self.signed)
+        qmin, qmax = quant_math.integer_range(self.bits, self.signed, self.restricted)
         if self.signed:
             zero_point = np.float32(0.0)
         else:

@@ -25,6 +25,11 @@ class Observer(str, enum.Enum):
 
 
 MIN_BITS, MAX_BITS = 2, 8
+#: Symmetric grids: ``restricted`` codes ``±(2^(b−1)−1)`` with ``scale = absmax/(2^(b−1)−1)``, so
+#: both extremes are representable (ONNX Runtime's int8 weights, PyTorch's qnnpack/x86 weight
+#: observers); ``full`` codes ``[−2^(b−1), 2^(b−1)−1]`` with ``scale = 2·absmax/(2^b−1)``, which
+#: clips the positive extreme by half a step (ONNX Runtime's int4 weights, torch's default qint8).
+SYMMETRIC_RANGES = ("restricted", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +47,14 @@ class Scheme:
     group_size: int | None = None
     observer: Observer = Observer.MINMAX
     percentile: float = 99.99
+    symmetric_range: str = "restricted"
 
     def __post_init__(self) -> None:
+        if self.symmetric_range not in SYMMETRIC_RANGES:
+            raise OnnxqError(
+                f"unknown symmetric range {self.symmetric_range!r} "
+                f"(choose from {', '.join(SYMMETRIC_RANGES)})"
+            )
         if not MIN_BITS <= self.bits <= MAX_BITS:
             raise OnnxqError(f"bit width {self.bits} is not supported (use {MIN_BITS}..{MAX_BITS})")
         if self.granularity is Granularity.GROUP:
@@ -67,10 +78,16 @@ class Scheme:
         """Symmetric schemes store signed integers with a zero point of 0; affine ones unsigned."""
         return self.symmetric
 
+    @property
+    def restricted(self) -> bool:
+        """Symmetric codes limited to ``±(2^(b−1)−1)`` (see ``SYMMETRIC_RANGES``)."""
+        return self.symmetric and self.symmetric_range == "restricted"
+
     def describe(self) -> str:
         """A short human-readable label, e.g. ``4-bit per-group-affine gs=8 (mse)``."""
         gs = f" gs={self.group_size}" if self.group_size else ""
-        return f"{self.bits}-bit {self.name}{gs} ({self.observer.value})"
+        grid = " full-range" if self.symmetric and not self.restricted else ""
+        return f"{self.bits}-bit {self.name}{gs}{grid} ({self.observer.value})"
 
     def to_dict(self) -> dict:
         return {
@@ -79,6 +96,7 @@ class Scheme:
             "group_size": self.group_size,
             "observer": self.observer.value,
             **({"percentile": self.percentile} if self.observer is Observer.PERCENTILE else {}),
+            **({"symmetric_range": self.symmetric_range} if self.symmetric else {}),
         }
 
     @classmethod
@@ -89,6 +107,7 @@ class Scheme:
             group_size=data.get("group_size"),
             observer=data.get("observer", "minmax"),
             percentile=data.get("percentile", 99.99),
+            symmetric_range=data.get("symmetric_range", "restricted"),
         )
 
     @classmethod
@@ -100,6 +119,7 @@ class Scheme:
         group_size: int | None = None,
         observer: str | Observer = Observer.MINMAX,
         percentile: float = 99.99,
+        symmetric_range: str = "restricted",
     ) -> Scheme:
         """Parse ``per-{tensor,channel,group}-{affine,symmetric}``."""
         parts = name.strip().lower().split("-")
@@ -124,6 +144,7 @@ class Scheme:
             group_size=group_size,
             observer=observer,
             percentile=percentile,
+            symmetric_range=symmetric_range,
         )
 
 

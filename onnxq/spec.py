@@ -39,6 +39,7 @@ SCHEME_DEFAULTS: dict[str, Any] = {
     "f_gs": None,
     "f_observer": "minmax",
     "percentile": 99.99,
+    "symmetric_range": "restricted",
     "weight_only": False,
 }
 #: Row keys that only change how the row is shown or compared.
@@ -345,7 +346,7 @@ def config_keys() -> list[str]:
 
 
 def build_config(where: str, knobs: Mapping[str, Any]) -> QuantConfig:
-    """A ``QuantConfig`` from row keys; new ``QuantConfig`` fields pass through ``from_dict``."""
+    """A ``QuantConfig`` from row keys, unset keys at ``QuantConfig``'s defaults (the CLI's)."""
     knobs = {key.replace("-", "_"): _none(value) for key, value in knobs.items()}
     known = config_keys()
     unknown = [key for key in knobs if key not in known]
@@ -360,6 +361,7 @@ def build_config(where: str, knobs: Mapping[str, Any]) -> QuantConfig:
             group_size=_of(where, settings, "gs", int),
             observer=_of(where, settings, "observer", str),
             percentile=_of(where, settings, "percentile", float),
+            symmetric_range=_of(where, settings, "symmetric_range", str),
         )
         features = None
         if not _of(where, settings, "weight_only", bool):
@@ -369,14 +371,13 @@ def build_config(where: str, knobs: Mapping[str, Any]) -> QuantConfig:
                 group_size=_of(where, settings, "f_gs", int),
                 observer=_of(where, settings, "f_observer", str),
                 percentile=_of(where, settings, "percentile", float),
+                symmetric_range=_of(where, settings, "symmetric_range", str),
             )
         fields = {key: value for key, value in knobs.items() if key not in SCHEME_DEFAULTS}
         for key in LIST_FIELDS:
             if fields.get(key) is not None:
-                fields[key] = _comma_list(where, key, fields[key])
-        return QuantConfig.from_dict(
-            {"weights": weights.to_dict(), "features": features and features.to_dict(), **fields}
-        )
+                fields[key] = tuple(_comma_list(where, key, fields[key]))
+        return QuantConfig(weights=weights, features=features, **fields)
     except OnnxqError as error:
         raise OnnxqError(f"{where}: {error}") from None
     except (TypeError, ValueError, KeyError) as error:

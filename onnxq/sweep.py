@@ -29,7 +29,7 @@ import onnx_ir as ir
 from onnxq import __version__, data, evaluate, modelio, progress, runtime
 from onnxq.accounting import account
 from onnxq.cache import CalibrationCache, digest, exported_model, file_digest, write_atomically
-from onnxq.config import QuantConfig
+from onnxq.config import QuantConfig, techniques_off
 from onnxq.errors import OnnxqError
 from onnxq.evaluate import EvalResult
 from onnxq.experiment import run_row
@@ -177,7 +177,8 @@ def _plan(spec: Spec, options: SweepOptions) -> _Plan:
     ids, tasks = {}, {}
     for run in dict.fromkeys(runs):
         _check_calibration_size(spec, run, len(calibration))
-        config = run.config.to_dict() if run.config else None
+        # a sweep always calibrates; the record holds the config as applied
+        config = run.config.resolved(calibrated=True).to_dict() if run.config else None
         run_id = digest(
             {
                 "model": digests[run.model],
@@ -201,12 +202,14 @@ def _plan(spec: Spec, options: SweepOptions) -> _Plan:
 
 
 def config_identity(config: QuantConfig) -> dict:
-    """The schemes and every setting that differs from ``QuantConfig``'s default.
+    """The schemes and every resolved setting that differs from ``techniques_off``.
 
     Run ids use this rather than the whole config, so that finished runs stay finished when
-    ``QuantConfig`` gains a field whose default leaves quantization as it was.
+    ``QuantConfig`` gains a field whose default leaves quantization as it was, or when a default
+    changes (a run is named by what it applies).
     """
-    default = QuantConfig(weights=config.weights).to_dict()
+    config = config.resolved(calibrated=True)
+    default = techniques_off(config.weights).to_dict()
     return {
         key: value
         for key, value in config.to_dict().items()
@@ -631,8 +634,8 @@ def series_label(config: QuantConfig) -> str:
         if features.granularity is not Granularity.TENSOR or features.symmetric:
             group = f" {features.group_size}" if features.group_size else ""
             parts.append(f"f {features.name}{group}")
-    default = QuantConfig(weights=weights, features=features).to_dict()
-    for key, value in config.to_dict().items():
+    default = techniques_off(weights, features).to_dict()
+    for key, value in config.resolved(calibrated=True).to_dict().items():
         if key not in ("weights", "features", "calib_size", "seed") and value != default.get(key):
             shown = ",".join(map(str, value)) if isinstance(value, list) else value
             parts.append(f"{key}={shown}")

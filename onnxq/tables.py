@@ -10,6 +10,9 @@ from onnxq.evaluate import EvalResult
 HEADER = ("model", "w_bit", "f bit", "w Qscheme", "groupsize", "top1 acc", "top5 acc", "remark")
 #: The sweep's default columns: the seed's, with the equivalent weight bits before the remark.
 SWEEP_HEADER = HEADER[:-1] + ("Equivalent wbit", "remark")
+#: The demo's columns: the sweep's, with top-1 agreement with the float model (few images show
+#: that better than top-1).
+DEMO_HEADER = SWEEP_HEADER[:-1] + ("fp32 agreement", "remark")
 #: Every column a table may show (``f Qscheme`` in place of ``w Qscheme`` for feature studies).
 COLUMNS = SWEEP_HEADER + ("f Qscheme",)
 #: How a cell shows its reference: ``65.304(-0.054)`` (delta) or ``65.304(65.358)`` (value).
@@ -72,6 +75,7 @@ class Row:
     f_group_size: str = "/"
     wbit: float | None = None  # equivalent weight bits
     reference: Reference | None = None
+    agreement: float | None = None  # percent of images where the float model's top-1 is kept
 
     @classmethod
     def float_baseline(cls, model: str, result: EvalResult) -> Row:
@@ -124,6 +128,7 @@ class Row:
             "top1 acc": format_accuracy(self.top1, ref.top1 if ref else None, style),
             "top5 acc": format_accuracy(self.top5, ref.top5 if ref else None, style),
             "Equivalent wbit": format_wbit(self.wbit, self._wbit_reference(), style),
+            "fp32 agreement": "" if self.agreement is None else f"{self.agreement:.1f}%",
             "remark": self.remark,
         }
         return tuple(texts[column] for column in columns)

@@ -22,7 +22,7 @@ import onnx_ir as ir
 
 from onnxq import quant_math
 from onnxq.graph import add_initializer, name_output
-from onnxq.passes.quantize_weights import CodeChooser, QuantizedWeight
+from onnxq.passes.quantize_weights import SYMMETRIC_RANGE_KEY, CodeChooser, QuantizedWeight
 from onnxq.scale_decomposition import DecomposedScales, decompose_scales, group_zero_points
 from onnxq.schemes import MAX_BITS, MIN_BITS
 
@@ -104,11 +104,12 @@ class DecomposeScalesPass(ir.passes.InPlacePass):
         block = node.attributes.get_int("block_size")
         bits = int(node.metadata_props.get("onnxq.bits") or codes_value.dtype.bitwidth)
         signed = codes_value.dtype in _SIGNED_TYPES
+        restricted = signed and node.metadata_props.get(SYMMETRIC_RANGE_KEY) == "restricted"
         decomposed = _decompose_weight(
             weight.reshape(codes_value.const_value.shape),
             scale_value.const_value.numpy(),
             None if zero_point_value is None else zero_point_value.const_value.numpy(),
-            axis, block, bits, signed, self.scale_bits, self.choose_codes.get(name),
+            axis, block, bits, signed, restricted, self.scale_bits, self.choose_codes.get(name),
         )
         _set_contents(codes_value, decomposed.codes)
         if zero_point_value is not None:
@@ -159,6 +160,7 @@ def _decompose_weight(
     block: int,
     bits: int,
     signed: bool,
+    restricted: bool,
     scale_bits: int,
     choose_codes: CodeChooser | None = None,
 ) -> DecomposedWeight:
@@ -169,7 +171,7 @@ def _decompose_weight(
         zero_point = None if zero_point is None else zero_point.T
     groups, mask = quant_math.group_rows(view, block)
     zero_point = None if zero_point is None else zero_point.astype(np.int32)
-    scales = decompose_scales(groups, mask, scale, zero_point, bits, scale_bits)
+    scales = decompose_scales(groups, mask, scale, zero_point, bits, scale_bits, restricted)
     group_scale = scales.group_scales()
     if zero_point is not None:
         zero_point = group_zero_points(group_scale, scale, zero_point, bits)
@@ -178,7 +180,7 @@ def _decompose_weight(
     full_scale = quant_math.expand_groups(group_scale, block, cols)
     full_zero_point = quant_math.expand_groups(stored_zero_point, block, cols)
     if choose_codes is None:
-        codes = quant_math.quantize(view, full_scale, full_zero_point, bits, signed)
+        codes = quant_math.quantize(view, full_scale, full_zero_point, bits, signed, restricted)
     else:
         codes = choose_codes(view, full_scale, full_zero_point)
     if axis == 0:

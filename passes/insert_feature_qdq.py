@@ -52,7 +52,9 @@ class FeatureParams:
         cls, lo: np.ndarray, hi: np.ndarray, channels: int, scheme: Scheme
     ) -> FeatureParams:
         """Parameters from per-group ranges (one group per tensor, channel or ``gs`` channels)."""
-        scale, zero_point = quant_math.scale_and_zero_point(lo, hi, scheme.bits, scheme.symmetric)
+        scale, zero_point = quant_math.scale_and_zero_point(
+            lo, hi, scheme.bits, scheme.symmetric, scheme.restricted
+        )
         if scheme.granularity is Granularity.TENSOR:
             return cls(scale.reshape(()), zero_point.reshape(()), scheme)
         group_of = np.arange(channels) // (scheme.group_size or 1)

@@ -22,6 +22,9 @@ from onnxq.graph import add_initializer, name_output
 from onnxq.plan import WeightTarget
 from onnxq.schemes import Granularity, Scheme
 
+#: Weight DequantizeLinear metadata: the symmetric grid (``Scheme.symmetric_range``).
+SYMMETRIC_RANGE_KEY = "onnxq.symmetric_range"
+
 #: Chooses the integer codes of a weight's ``[output channels, inputs]`` view, given the
 #: scale and zero point of every entry (same shape); round-to-nearest when none is given.
 CodeChooser = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -77,12 +80,16 @@ def quantize_weight(
     block, group_channels = _block(view, in_channels, kernel, scheme)
     groups, mask = quant_math.group_rows(view, block)
     lo, hi = observers.weight_ranges(groups, mask, scheme)
-    scale, zero_point = quant_math.scale_and_zero_point(lo, hi, scheme.bits, scheme.symmetric)
+    scale, zero_point = quant_math.scale_and_zero_point(
+        lo, hi, scheme.bits, scheme.symmetric, scheme.restricted
+    )
     cols = view.shape[1]
     full_scale = quant_math.expand_groups(scale, block, cols)
     full_zero_point = quant_math.expand_groups(zero_point, block, cols)
     if choose_codes is None:
-        codes = quant_math.quantize(view, full_scale, full_zero_point, scheme.bits, scheme.signed)
+        codes = quant_math.quantize(
+            view, full_scale, full_zero_point, scheme.bits, scheme.signed, scheme.restricted
+        )
     else:
         codes = choose_codes(view, full_scale, full_zero_point)
     zero_point = None if scheme.symmetric else zero_point
@@ -225,4 +232,5 @@ def weight_metadata(quantized: QuantizedWeight) -> dict[str, str]:
         "onnxq.scheme": scheme.name,
         "onnxq.group_channels": str(quantized.group_channels),
         "onnxq.observer": scheme.observer.value,
+        **({SYMMETRIC_RANGE_KEY: scheme.symmetric_range} if scheme.symmetric else {}),
     }

@@ -6,25 +6,30 @@ from onnxq.schemes import Scheme
 
 
 def _error(values, lo, hi, scheme):
-    scale, zero_point = quant_math.scale_and_zero_point(lo, hi, scheme.bits, scheme.symmetric)
-    restored = quant_math.fake_quantize(values, scale[..., None], zero_point[..., None], scheme.bits, scheme.signed)
+    scale, zero_point = quant_math.scale_and_zero_point(lo, hi, scheme.bits, scheme.symmetric, scheme.restricted)
+    restored = quant_math.fake_quantize(
+        values, scale[..., None], zero_point[..., None], scheme.bits, scheme.signed, scheme.restricted
+    )
     return ((restored - values) ** 2).sum(-1)
 
 
 @pytest.mark.parametrize("name", ["per-channel-affine", "per-channel-symmetric"])
 @pytest.mark.parametrize("bits", [2, 4, 8])
-def test_mse_weight_range_never_worse_than_minmax(name, bits):
+def test_mse_weight_range_finds_the_best_clipping_of_a_fine_search(name, bits):
     rng = np.random.default_rng(0)
     values = rng.standard_t(3, size=(64, 1, 72)).astype(np.float32)  # heavy tails
     mask = np.ones((1, 72), bool)
-    minmax = observers.weight_ranges(values, mask, Scheme.parse(name, bits=bits))
+    lo, hi = observers.weight_ranges(values, mask, Scheme.parse(name, bits=bits))
     mse_scheme = Scheme.parse(name, bits=bits, observer="mse")
-    mse = observers.weight_ranges(values, mask, mse_scheme)
-    error_minmax = _error(values, *minmax, mse_scheme)
-    error_mse = _error(values, *mse, mse_scheme)
-    assert np.all(error_mse <= error_minmax + 1e-6)
-    if bits <= 4:
-        assert error_mse.sum() < 0.97 * error_minmax.sum()
+    error_mse = _error(values, *observers.weight_ranges(values, mask, mse_scheme), mse_scheme)
+    # brute force over 321 shrink factors of the min-max range, row by row
+    errors = np.stack([_error(values, f * lo, f * hi, mse_scheme) for f in np.linspace(0.2, 1.0, 321)])
+    best = errors.min(axis=0)
+    # the observer's 41 joint factors (+ per-end refinement) are coarser than this search: at
+    # 8 bits the error curve is rugged and the observer lands up to 15% above its minimum
+    assert np.all(error_mse <= (1.20 if bits == 8 else 1.02) * best + 1e-6)
+    if bits <= 4:  # heavy tails: clipping matters, so the search must have moved off min-max
+        assert error_mse.sum() < 0.97 * errors[-1].sum()
 
 
 def test_weight_ranges_ignore_padding():

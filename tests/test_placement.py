@@ -13,7 +13,6 @@ import pytest
 from onnxq import modelio
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
-from onnxq.placement import resolve_placement
 from onnxq.quantize import quantize
 from onnxq.schemes import Scheme
 from tiny_models import TINY_PREPROCESSING
@@ -53,9 +52,8 @@ def test_fused_placement_quantizes_inputs_and_outputs(tiny_path, sample_images):
     }  # the logits, a graph output, stay float
 
 
-def test_inputs_placement_is_unchanged_by_default(tiny_path, sample_images):
+def test_inputs_placement_quantizes_the_inputs_of_the_quantized_ops(tiny_path, sample_images):
     _, result = _quantized(tiny_path, sample_images, "inputs")
-    assert QuantConfig(weights=W8).placement == "inputs"
     placed = {target.tensor: target.consumers for target in result.plan.features}
     assert placed == {
         "input": ("conv1",),
@@ -112,8 +110,13 @@ def test_placement_round_trips_and_rejects_unknown_names():
         QuantConfig(weights=W8, placement="outputs")
 
 
+def resolve_placement(placement: str, weights: Scheme, features: Scheme | None) -> str:
+    return QuantConfig(weights, features, placement=placement).resolved(calibrated=True).placement
+
+
 def test_auto_placement_fuses_w8a8_only():
     w4 = Scheme.parse("per-group-affine", bits=4, group_size=8)
+    assert QuantConfig(weights=W8, features=A8).placement == "auto"
     assert resolve_placement("auto", W8, A8) == "fused"
     assert resolve_placement("auto", w4, A8) == "inputs"
     assert resolve_placement("auto", W8, Scheme.parse("per-tensor-affine", bits=4)) == "inputs"

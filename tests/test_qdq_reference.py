@@ -45,8 +45,8 @@ def _reference_weight(weight: np.ndarray, out_axis: int, scheme: Scheme) -> np.n
     out = np.empty_like(flat)
     for span in spans:
         values = flat[span]
-        scale, zero_point = quant_math.scale_and_zero_point(values.min(), values.max(), scheme.bits, scheme.symmetric)
-        out[span] = quant_math.fake_quantize(values, scale, zero_point, scheme.bits, scheme.signed)
+        scale, zero_point = quant_math.scale_and_zero_point(values.min(), values.max(), scheme.bits, scheme.symmetric, scheme.restricted)
+        out[span] = quant_math.fake_quantize(values, scale, zero_point, scheme.bits, scheme.signed, scheme.restricted)
     out = out.reshape(rows.shape)
     return out if out_axis == 0 else out.T
 
@@ -92,7 +92,8 @@ def test_feature_qdq_matches_reference(tiny_path, sample_images, name, bits):
     scheme = _scheme(name, bits)
     model = modelio.load_model(tiny_path)
     float_model = modelio.load_model(tiny_path)
-    config = QuantConfig(weights=Scheme.parse("per-channel-symmetric", bits=8), features=scheme, calib_size=6)
+    config = QuantConfig(weights=Scheme.parse("per-channel-symmetric", bits=8), features=scheme, calib_size=6,
+                         placement="inputs")
     result = quantize(model, config, calibration, batch_size=4)
     assert len(result.plan.features) == 5
 
@@ -107,7 +108,7 @@ def test_feature_qdq_matches_reference(tiny_path, sample_images, name, bits):
             np.arange(channels) // (GROUP_SIZE if scheme.granularity is Granularity.GROUP else 1))
         lo = np.array([x[:, group_of == g].min() for g in range(group_of.max() + 1)])
         hi = np.array([x[:, group_of == g].max() for g in range(group_of.max() + 1)])
-        scale, zero_point = quant_math.scale_and_zero_point(lo, hi, bits, scheme.symmetric)
+        scale, zero_point = quant_math.scale_and_zero_point(lo, hi, bits, scheme.symmetric, scheme.restricted)
         params = result.features[target.tensor]
         np.testing.assert_array_equal(params.scale.reshape(-1), np.broadcast_to(scale[group_of], params.scale.reshape(-1).shape) if params.per_axis else scale)
         np.testing.assert_array_equal(params.zero_point.reshape(-1), zero_point[group_of] if params.per_axis else zero_point)

@@ -169,11 +169,12 @@ def _assert_on_minmax_grid(restored: np.ndarray, weight: np.ndarray, target) -> 
     if scheme.granularity is Granularity.GROUP:
         inputs = weight.shape[1] if weight.ndim > 2 else rows.shape[1]
         block = min(scheme.group_size, inputs) * (rows.shape[1] // inputs)
-    qmin, qmax = quant_math.integer_range(scheme.bits, scheme.signed)
+    qmin, qmax = quant_math.integer_range(scheme.bits, scheme.signed, scheme.restricted)
     for start in range(0, rows.shape[1], block):
         span = slice(start, start + block)
         scale, zero_point = quant_math.scale_and_zero_point(
-            rows[:, span].min(axis=1), rows[:, span].max(axis=1), scheme.bits, scheme.symmetric
+            rows[:, span].min(axis=1), rows[:, span].max(axis=1), scheme.bits, scheme.symmetric,
+            scheme.restricted,
         )
         codes = values[:, span] / scale[:, None] + zero_point[:, None]
         np.testing.assert_allclose(codes, np.round(codes), atol=1e-3)

@@ -169,7 +169,9 @@ def test_graph_dequantizes_to_the_numpy_reference(tiny_path, name, scale_bits):
             np.testing.assert_array_equal(graph_weight, expected, err_msg=target.weight)
             error = ((graph_weight - floats[target.weight]) ** 2).sum()
             plain = quantize_weight(floats[target.weight], target.out_axis, target.scheme)
-            assert error < 2.0 * ((plain.dequantize() - floats[target.weight]) ** 2).sum()
+            # 2-bit scale codes give a channel three group scales: coarser than any plain grid
+            bound = 2.0 if scale_bits >= 4 else 4.0
+            assert error < bound * ((plain.dequantize() - floats[target.weight]) ** 2).sum()
 
 
 def test_two_level_dequantize_layout(tiny_path):

@@ -300,10 +300,14 @@ def test_series_label_leaves_out_the_weight_granularity():
             features=Scheme.parse("per-tensor-affine", bits=8), **fields,
         )
 
-    assert series_label(config("per-group-affine", 8)) == "W4A8 affine, w mse"
-    assert series_label(config("per-channel-affine")) == "W4A8 affine, w mse"
-    assert series_label(config("per-group-affine", 8, keep_8bit=("last",))) == (
+    assert series_label(config("per-group-affine", 8, rounding="nearest")) == "W4A8 affine, w mse"
+    assert series_label(config("per-channel-affine", rounding="nearest")) == "W4A8 affine, w mse"
+    assert series_label(config("per-group-affine", 8, keep_8bit=("last",), rounding="nearest")) == (
         "W4A8 affine, w mse, keep_8bit=last"
+    )
+    # the label names what the run applies: a 4-bit row's defaults resolve to GPTQ
+    assert series_label(config("per-channel-affine")) == (
+        "W4A8 affine, w mse, rounding=gptq, bias_correction=True"
     )
 
 
