@@ -43,6 +43,7 @@ def config(gs: int, decompose: bool, keep: tuple[str, ...]) -> QuantConfig:
         calib_size=CALIBRATION_IMAGES,
         keep_8bit=keep,
         decompose_scales=decompose,
+        rounding="nearest",  # the decomposition itself; GPTQ rows are in bench_peers
     )
 
 

@@ -112,6 +112,8 @@ class Row:
 
 def onnxq_config(wbits, wscheme, gs=None, observer="minmax", fbits=8, placement="inputs",
                  weight_only=False, **techniques) -> QuantConfig:
+    """A row's config: every setting explicit (round to nearest unless a technique says)."""
+    techniques = {"rounding": "nearest", "bias_correction": False, **techniques}
     return QuantConfig(
         weights=Scheme.parse(wscheme, bits=wbits, group_size=gs, observer=observer),
         features=None if weight_only else Scheme.parse("per-tensor-affine", bits=fbits, observer=observer),
@@ -149,7 +151,7 @@ def with_techniques(base: QuantConfig, wanted: tuple[str, ...] | None = None) ->
 
 
 def onnxq_row(bits: str, method: str, config: QuantConfig) -> Row:
-    slow = getattr(config, "rounding", "nearest") != "nearest"  # minutes, and no time target
+    slow = config.resolved(calibrated=True).rounding != "nearest"  # minutes, and no time target
     return Row("onnxq", bits, method, onnxq_job, (config.to_dict(),), slow)
 
 
@@ -157,6 +159,21 @@ def ort_row(bits: str, method: str, weight_bits: int, block_size: int = 0) -> Ro
     slow = method in ("Entropy", "Percentile")
     label = f"{method}, block {block_size}" if block_size else method
     return Row("ORT", bits, label, ort_job, (method, weight_bits, block_size), slow)
+
+
+def cli_default_w8a8() -> QuantConfig:
+    """What ``onnxq quantize --calib DIR`` makes with no other flag (resolved by quantize)."""
+    return QuantConfig(
+        weights=Scheme.parse("per-channel-symmetric", bits=8),
+        features=Scheme.parse("per-tensor-affine", bits=8),
+        calib_size=CALIBRATION_IMAGES,
+    )
+
+
+def full_range_w8a8() -> QuantConfig:
+    """The previous default: the full symmetric range ``2·absmax/255``, fused placement."""
+    weights = Scheme.parse("per-channel-symmetric", bits=8, symmetric_range="full")
+    return dataclasses.replace(onnxq_config(8, "per-channel-symmetric", placement="fused"), weights=weights)
 
 
 def small_depthwise(model_path: Path) -> tuple[str, ...]:
@@ -175,6 +192,8 @@ def effnet_rows(quick: bool, model_path: Path) -> list[Row]:
     rows += [ort_row("W4A8", method, 4) for method in methods]
     rows.append(ort_row("W4A8", "MinMax", 4, block_size=32))
     rows += [
+        onnxq_row("W8A8", "CLI default (restricted, fused)", cli_default_w8a8()),
+        onnxq_row("W8A8", "per-channel, minmax, full range, fused", full_range_w8a8()),
         onnxq_row("W8A8", "per-channel, minmax, inputs", onnxq_config(8, "per-channel-symmetric")),
         onnxq_row("W8A8", "per-channel, minmax, fused", onnxq_config(8, "per-channel-symmetric", placement="fused")),
         onnxq_row("W8A8", "per-channel, mse, fused", onnxq_config(8, "per-channel-symmetric", observer="mse", placement="fused")),
@@ -346,6 +365,63 @@ def streaming_rows(source: Path, images: data.ImageSet, workdir: Path) -> list[l
 
 
 # ---------------------------------------------------------------------------------------------
+# W8A8 over several calibration/evaluation splits
+
+
+def w8a8_split_rows(source: Path, images: data.ImageSet, workdir: Path, splits: int) -> str:
+    """ORT MinMax against onnxq's W8A8 default (and the old full-range grid), pooled over
+    ``splits`` seeded 128/372 splits: top-1, agreement with fp32, paired differences with their
+    standard errors, and quantize time as a ratio to ORT's in the same split."""
+    preprocessing = modelio.get_preprocessing(modelio.load_model(source))
+    rows = [ort_row("W8A8", "MinMax", 8),
+            onnxq_row("W8A8", "CLI default (restricted, fused)", cli_default_w8a8()),
+            onnxq_row("W8A8", "full range, fused (previous default)", full_range_w8a8())]
+    correct = {row.method: [] for row in rows}
+    agree = {row.method: [] for row in rows}
+    fp32_correct, times = [], {row.method: [] for row in rows}
+    for seed in range(splits):
+        calibration, evaluation = images.split(CALIBRATION_IMAGES, seed=seed)
+        labels = np.asarray(evaluation.labels)
+        fp32 = evaluate.evaluate(str(source), evaluation, preprocessing, ep="cpu")
+        fp32_predictions = np.asarray(fp32.predictions)
+        fp32_correct.append(fp32_predictions == labels)
+        for row in rows:
+            path = workdir / f"split{seed}-{row.name}.onnx"
+            refused, seconds, _ = in_fresh_process(row.job, str(source), str(path), calibration, *row.options)
+            if refused:
+                raise OnnxqError(f"{row.tool} {row.method} refused: {refused}")
+            predictions = np.asarray(evaluate.evaluate(str(path), evaluation, preprocessing, ep="cpu").predictions)
+            correct[row.method].append(predictions == labels)
+            agree[row.method].append(predictions == fp32_predictions)
+            times[row.method].append(seconds)
+            print(f"  split {seed}: {row.tool} {row.method}: top-1 {100 * correct[row.method][-1].mean():.2f}, "
+                  f"agreement {100 * agree[row.method][-1].mean():.1f}%, {seconds:.1f} s", flush=True)
+    baseline = rows[0].method
+    fp32_all = np.concatenate(fp32_correct)
+    lines = [["fp32", "/", f"{100 * fp32_all.mean():.2f}", "100.0", "/", "/", "/"]]
+    for row in rows:
+        top1, agreement = np.concatenate(correct[row.method]), np.concatenate(agree[row.method])
+        ratios = np.asarray(times[row.method]) / np.asarray(times[baseline])
+        lines.append([
+            row.tool, row.method, f"{100 * top1.mean():.2f}", f"{100 * agreement.mean():.2f}",
+            _paired(agreement, np.concatenate(agree[baseline])), _paired(top1, np.concatenate(correct[baseline])),
+            f"{np.median(ratios):.2f} ({ratios.min():.2f}–{ratios.max():.2f})",
+        ])
+    header = ["tool", "method", "top-1", "agree w/ fp32 %", "agreement − ORT (± SE)", "top-1 − ORT (± SE)",
+              "time ×ORT MinMax (median, range)"]
+    caption = (f"{splits} splits × {len(images) - CALIBRATION_IMAGES} evaluation images = "
+               f"{len(fp32_all)} paired evaluations.")
+    return markdown(header, lines) + "\n\n" + caption
+
+
+def _paired(values: np.ndarray, baseline: np.ndarray) -> str:
+    """Mean paired difference in points with its standard error, ``+0.40 ± 0.21``."""
+    difference = values.astype(float) - baseline.astype(float)
+    error = difference.std(ddof=1) / np.sqrt(len(difference)) if difference.any() else 0.0
+    return f"{100 * difference.mean():+.2f} ± {100 * error:.2f}"
+
+
+# ---------------------------------------------------------------------------------------------
 # Output
 
 
@@ -465,12 +541,20 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=REPO / "artifacts/bench_peers")
     parser.add_argument("--repeats", type=int, default=2, help="alternating rounds of the fast quantizers")
     parser.add_argument("--quick", action="store_true", help="skip ORT's histogram calibrators and ResNet18")
+    parser.add_argument("--w8a8-splits", type=int, metavar="N",
+                        help="only compare W8A8 (ORT MinMax, onnxq's default) pooled over N splits")
     args = parser.parse_args()
     progress.set_quiet(True)
     args.workdir.mkdir(parents=True, exist_ok=True)
     images = data.find_images(args.data)
     print(f"onnxruntime {onnxruntime.__version__}, {platform.machine()}, "
           f"{len(images)} images ({CALIBRATION_IMAGES} calibration)\n", flush=True)
+    if args.w8a8_splits:
+        table = w8a8_split_rows(prepare("efficientnet_lite0", args.workdir), images, args.workdir,
+                                args.w8a8_splits)
+        print("\n### W8A8 over several splits (EfficientNet-Lite0)\n")
+        print(table)
+        return
 
     measured, fp32, fp32_speed = benchmark_model(
         "efficientnet_lite0", effnet_rows(args.quick, prepare("efficientnet_lite0", args.workdir)), images, args.workdir, args.repeats, True
