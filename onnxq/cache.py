@@ -12,14 +12,13 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxq import __version__
+from onnxq import __version__, outputs
 from onnxq.data import ImageSet
 from onnxq.passes.insert_feature_qdq import FeatureParams
 from onnxq.plan import FeatureTarget
@@ -52,15 +51,9 @@ def model_digest(model: ir.Model) -> str:
 
 
 def write_atomically(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then move it into place."""
+    """``outputs.write_bytes`` into a folder created if missing (caches, sweep outputs)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(name, path)
-    finally:
-        Path(name).unlink(missing_ok=True)
+    outputs.write_bytes(path, write)
 
 
 class CalibrationCache:

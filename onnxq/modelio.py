@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
+from onnxq import outputs
 from onnxq.errors import OnnxqError
 from onnxq.passes import FoldBatchNormPass
 from onnxq.preprocessing import METADATA_KEY, Preprocessing
@@ -88,29 +86,14 @@ def save_model(model: ir.Model, path: str | os.PathLike, check: bool = True) -> 
     proto = ir.serde.serialize_model(model)
     if check:
         check_proto(proto)
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise OnnxqError(f"{path.parent}: no such folder for the output")
-    with _atomic_path(path) as temporary:
+    path = outputs.check_output(path)
+    with outputs.atomic_write(path) as temporary:
         onnx.save(proto, str(temporary))
 
 
 def check_proto(proto: onnx.ModelProto) -> None:
     """Run the full ONNX checker (with shape inference)."""
     onnx.checker.check_model(proto, full_check=True)
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` that replaces it only when the block succeeds."""
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def get_preprocessing(model: ir.Model) -> Preprocessing | None:

@@ -21,7 +21,7 @@ from typing import Any
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
 from onnxq.schemes import Scheme
-from onnxq.tables import COLUMNS, REFERENCE_STYLES, SWEEP_HEADER
+from onnxq.tables import REFERENCE_STYLES, SPEC_COLUMNS, SWEEP_HEADER
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -252,9 +252,9 @@ def _table(where: str, raw: object, defaults: Mapping, models: Mapping[str, Mode
         raise OnnxqError(f"{where}: must be a table")
     _check_keys(where, raw, TABLE_KEYS)
     columns = tuple(_typed(where, raw, "columns", list, list(SWEEP_HEADER)))
-    unknown = [column for column in columns if column not in COLUMNS]
+    unknown = [column for column in columns if column not in SPEC_COLUMNS]
     if unknown:
-        raise OnnxqError(f"{where}: unknown column {unknown[0]!r} (known: {', '.join(COLUMNS)})")
+        raise OnnxqError(f"{where}: unknown column {unknown[0]!r} (known: {', '.join(SPEC_COLUMNS)})")
     style = _text(where, raw, "reference_style", "delta")
     if style not in REFERENCE_STYLES:
         raise OnnxqError(f"{where}: reference_style must be one of {', '.join(REFERENCE_STYLES)}")

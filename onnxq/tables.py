@@ -13,8 +13,11 @@ SWEEP_HEADER = HEADER[:-1] + ("Equivalent wbit", "remark")
 #: The demo's columns: the sweep's, with top-1 agreement with the float model (few images show
 #: that better than top-1).
 DEMO_HEADER = SWEEP_HEADER[:-1] + ("fp32 agreement", "remark")
-#: Every column a table may show (``f Qscheme`` in place of ``w Qscheme`` for feature studies).
-COLUMNS = SWEEP_HEADER + ("f Qscheme",)
+#: Every column a sweep table may show (``f Qscheme`` in place of ``w Qscheme`` for feature
+#: studies); sweep records keep a digest of the predictions, not the predictions themselves.
+SPEC_COLUMNS = SWEEP_HEADER + ("f Qscheme",)
+#: Every column a table may show.
+COLUMNS = SPEC_COLUMNS + ("fp32 agreement",)
 #: How a cell shows its reference: ``65.304(-0.054)`` (delta) or ``65.304(65.358)`` (value).
 REFERENCE_STYLES = ("delta", "value")
 

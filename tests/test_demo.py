@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
 
 from markdown_tables import parse_tables
+from onnxq import modelio
+from onnxq.config import QuantConfig
 
 
 @pytest.mark.slow
@@ -29,6 +32,13 @@ def test_demo_runs_the_main_job_on_real_images(tmp_path):
     assert min(top1[2:]) >= top1[0] - 15.0  # W4A8, GPTQ
     assert bits[1] == pytest.approx(8.0, abs=0.2)
     assert bits[2] < 4.3 and bits[3] < 4.7
-    assert "calibrated on 20 images, evaluated on 20 (the same images)" in result.stderr
+    agreement = [float(row["fp32 agreement"].rstrip("%")) for row in rows[1:]]
+    assert agreement[0] >= 90.0 and min(agreement) >= 80.0  # W8A8 keeps fp32's class
+    assert "Calibrated and evaluated on the same 20 images" in result.stdout
+    # the W8A8 row is the CLI's default W8A8: fused placement, restricted grid, nearest
+    recorded = modelio.load_model(workdir / "efficientnet_lite0_w8a8.onnx").metadata_props
+    config = QuantConfig.from_dict(json.loads(recorded["onnxq.quantization"]))
+    assert (config.placement, config.rounding, config.weights.symmetric_range) == (
+        "fused", "nearest", "restricted")
     for tag in ("w8a8", "w4a8_per_channel", "w4a8_gs32"):
         assert (workdir / f"efficientnet_lite0_{tag}.onnx").is_file()

@@ -38,6 +38,8 @@ evaluation_limit = 24
 
 [defaults]
 calib_size = 8
+rounding = "nearest"  # as the seed specs: weight rows share one calibration
+placement = "inputs"
 
 [[table]]
 title = "Feature groups"
@@ -146,7 +148,8 @@ def test_sweep_writes_seed_tables_and_records(local_run, seed_results):
         return next(
             r["top1"] for r in records.values()
             if r["model"] == model and r["config"] and r["config"]["weights"]
-            == {"bits": bits, "scheme": scheme, "group_size": gs, "observer": "minmax"}
+            == {"bits": bits, "scheme": scheme, "group_size": gs, "observer": "minmax",
+                **({"symmetric_range": "restricted"} if "symmetric" in scheme else {})}
             and r["config"]["features"]["bits"] == 8
         )
 
