@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
+from typer.exceptions import TyperException
 
-from onnxq import __version__, progress
+from onnxq import __version__, failures, outputs, progress
 from onnxq.errors import OnnxqError
 from onnxq.schemes import scheme_names
 
@@ -37,6 +39,7 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an unexpected error.")] = False,
 ) -> None:
     progress.set_quiet(quiet)
 
@@ -58,8 +61,9 @@ def export(
         return
     if model is None:
         raise OnnxqError("name a model to export (onnxq export --list shows them)")
+    output = outputs.check_output(output or Path(f"{model}.onnx"))
     result = export_model(
-        model, output or Path(f"{model}.onnx"), None if weights is None else str(weights),
+        model, output, None if weights is None else str(weights),
         random_weights, seed,
     )
     typer.echo(
@@ -95,12 +99,12 @@ def quantize(
     reorder: Annotated[Optional[str], typer.Option(help="Permute channels so that per-group scales cover similar ranges, by: auto, absmax, max, weight-absmax, weight-max.")] = None,
     verify: Annotated[bool, typer.Option("--verify", help="Check that --smooth/--reorder keep the float outputs (max relative difference 1e-4).")] = False,
     select_passes: Annotated[bool, typer.Option("--select-passes/--no-select-passes", help="With --smooth (alpha auto) or --reorder auto: probe every on/off combination of those passes and keep a pass only where the quantized outputs on the calibration images come clearly closer to fp32 (KL lower by two standard errors).")] = True,
-    calib_size: Annotated[int, typer.Option(help="Calibration images (a seeded sample).")] = 128,
+    calib_size: Annotated[int, typer.Option(min=1, help="Calibration images (a seeded sample).")] = 128,
     keep_8bit: Annotated[str, typer.Option("--keep-8bit", help="Layers kept at 8 bit: first, last, depthwise, node names or op types, comma-separated.")] = "",
     ops: Annotated[str, typer.Option(help="Op types whose inputs are quantized, comma-separated (add Add, GlobalAveragePool, ... to quantize their inputs too).")] = "Conv,Gemm,MatMul",
     f_placement: Annotated[str, typer.Option("--f-placement", help="Where feature Q/DQ go: inputs (of --ops), fused (inputs and outputs of every op with an integer kernel: the layout ONNX Runtime runs as int8 kernels) or auto (fused for 8-bit weights and features, else inputs).")] = "auto",
     preprocess: Annotated[Optional[str], typer.Option(help="Override the model's preprocessing: torchvision, efficientnet-lite, inception or JSON.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Calibration batch size (memory grows with it).")] = 4,
+    batch_size: Annotated[int, typer.Option(min=1, help="Calibration batch size (memory grows with it).")] = 4,
     ep: Annotated[str, typer.Option(help="Execution provider: auto, cuda, cpu.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the calibration sample.")] = 0,
 ) -> None:
@@ -132,8 +136,8 @@ def quantize(
         **_smoothing(smooth, alpha, act_scale, smooth_mul),
         reorder=reorder,
     )
+    output = outputs.check_output(output or model.with_name(f"{model.stem}_{_tag(config)}.onnx"))
     images = data.find_images(calib) if calib is not None else None
-    output = output or model.with_name(f"{model.stem}_{_tag(config)}.onnx")
     result = quantize_file(
         model, output, config, images, preprocessing.resolve(preprocess), batch_size, ep, verify,
         select_passes,
@@ -200,17 +204,20 @@ def _print_quantize_summary(result, output: Path) -> None:
 def evaluate_command(
     model: Annotated[Path, typer.Argument(help="An ONNX classifier (float or quantized).")],
     data_dir: Annotated[Path, typer.Option("--data", help="Labelled images: <wnid>/ folders, <wnid>_*.JPEG or *_<index>.jpg.")],
-    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N images.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate only the first N images.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON.")] = None,
     preprocess: Annotated[Optional[str], typer.Option(help="Override the model's preprocessing.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = 32,
     ep: Annotated[str, typer.Option(help="Execution provider: auto, cuda, cpu.")] = "auto",
     fold_weights: Annotated[bool, typer.Option("--fold-weights", help="Let ONNX Runtime fold weight DequantizeLinear into float at load (fast 4-bit/per-group models; turns off int8 kernels).")] = False,
 ) -> None:
     """Top-1/top-5 accuracy and images/s of a classifier on labelled images."""
     from onnxq import data, evaluate, modelio, preprocessing, runtime
 
+    if json_path is not None:
+        outputs.check_output(json_path, "JSON output")
     loaded = modelio.load_model(model)
+    modelio.check_classifier(loaded, model)
     images = data.find_images(data_dir).head(limit)
     data.require_labels(images, data_dir)
     chosen = preprocessing.resolve(preprocess) or modelio.get_preprocessing(loaded)
@@ -225,7 +232,7 @@ def evaluate_command(
     )
     if json_path is not None:
         record = {"model": str(model), **result.to_dict()}
-        json_path.write_text(json.dumps(record, indent=2) + "\n")
+        outputs.write_text(json_path, json.dumps(record, indent=2) + "\n")
 
 
 @app.command()
@@ -265,6 +272,7 @@ def deploy(
     from onnxq import modelio
     from onnxq.deploy import deploy as deploy_model
 
+    outputs.check_output(output)
     loaded = modelio.load_model(model)
     result = deploy_model(loaded, fold_weights)
     modelio.save_model(loaded, output)
@@ -280,12 +288,13 @@ def deploy(
 def demo(
     data_dir: Annotated[Optional[Path], typer.Option("--data", help="Labelled images (default: the 20 ImageNet images shipped in foolbox).")] = None,
     workdir: Annotated[Path, typer.Option(help="Where the exported and quantized models go.")] = Path("onnxq-demo"),
-    calib_size: Annotated[int, typer.Option(help="Calibration images.")] = 128,
+    calib_size: Annotated[int, typer.Option(min=1, help="Calibration images.")] = 128,
     ep: Annotated[str, typer.Option(help="Execution provider: auto, cuda, cpu.")] = "auto",
 ) -> None:
     """Export EfficientNet-Lite0, quantize it W8A8 and W4A8, and compare accuracy."""
     from onnxq.demo import run_demo
 
+    outputs.check_output_folder(workdir, "demo folder")
     typer.echo(run_demo(data_dir, workdir, calib_size, ep))
 
 
@@ -294,9 +303,9 @@ def sweep(
     specs: Annotated[list[Path], typer.Argument(help="Sweep specifications (TOML, see docs/sweeps.md).")],
     data_dir: Annotated[Path, typer.Option("--data", help="The image folder that the specs' \\[data] folders are relative to.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where results.jsonl, the tables (SPEC.md) and plots (SPEC.png) go.")] = Path("results"),
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Runs at once on this machine, each in its own process.")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Runs at once on this machine, each in its own process.")] = 1,
     ray: Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", help="Run the rows as Ray tasks. Alone: Ray's default (RAY_ADDRESS, a cluster started on this machine, else a new local one); or an address (host:port, ray://host:port).")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime threads per run (default: cores / jobs; with --ray, 4 CPUs per task).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime threads per run (default: cores / jobs; with --ray, 4 CPUs per task).")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="Cache of exported models and calibrations (default: OUT/cache).")] = None,
     save_models: Annotated[bool, typer.Option("--save-models", help="Also keep every quantized model in OUT/models/.")] = False,
     ep: Annotated[str, typer.Option(help="Execution provider: auto, cuda, cpu.")] = "auto",
@@ -305,6 +314,7 @@ def sweep(
     """Run the tables of sweep specs: resumable, cached, on this machine or a Ray cluster."""
     from onnxq.sweep import SweepOptions, run_sweep
 
+    outputs.check_output_folder(out, "sweep output folder")
     options = SweepOptions(data_dir, out, cache, jobs, ray, threads, ep, save_models, dry_run)
     summary = run_sweep(specs, options)
     if dry_run:
@@ -342,13 +352,66 @@ def _ray_without_address(args: list[str]) -> list[str]:
     return result
 
 
-def main() -> None:
-    """Entry point: user errors become one line on stderr and exit status 2."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point and error boundary: every expected failure is one line on stderr and exit
+    status 2 (``onnxq.failures``); Ctrl-C exits 130 and SIGTERM 143, removing partial files."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    signal.signal(signal.SIGTERM, _terminated)
     try:
-        app(args=_ray_without_address(sys.argv[1:]))
-    except OnnxqError as error:
-        print(f"onnxq: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("onnxq: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _reject_repeated_options(args)
+        status = app(args=_ray_without_address(args), standalone_mode=False)
+    except typer.Exit as exit_:
+        status = exit_.exit_code
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted", 130, prefix="onnxq: ")
+    except TyperException as error:  # usage: unknown option, bad value, missing argument
+        if type(error).__name__ == "NoArgsIsHelpError":
+            typer.echo(error.ctx.get_help())
+            sys.exit(0)
+        _fail(_usage_message(error))
+    except Exception as error:  # noqa: BLE001 - the boundary: nothing else reaches the user
+        if "--debug" in args:
+            raise
+        message = failures.user_message(error)
+        if message is None:
+            _fail(f"{failures.unexpected(error)} (rerun with --debug for the traceback)", 1)
+        _fail(message)
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+def _usage_message(error: TyperException) -> str:
+    """The usage error and the command it concerns, on one line."""
+    context = getattr(error, "ctx", None)
+    command = f" (onnxq {context.info_name} --help)" if context and context.parent else ""
+    message = error.format_message() if hasattr(error, "format_message") else str(error)
+    return " ".join(message.split()) + command
+
+
+def _fail(message: str, status: int = 2, prefix: str = "onnxq: error: ") -> NoReturn:
+    print(prefix + message, file=sys.stderr)
+    sys.exit(status)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM: remove the temporary files of writes under way and exit 143."""
+    outputs.remove_temporaries()
+    _fail("terminated", 128 + signum, prefix="onnxq: ")
+
+
+def _reject_repeated_options(args: list[str]) -> None:
+    """An option given twice would silently take its last value; say so instead."""
+    seen: set[str] = set()
+    for arg in args:
+        if arg == "--":
+            break
+        name = arg.split("=", 1)[0]
+        if not name.startswith("-") or name == "-" or name[1:2].isdigit():
+            continue
+        name = _SHORT_OPTIONS.get(name, name)
+        if name in seen:
+            raise OnnxqError(f"option {name} given twice (each option takes one value)")
+        seen.add(name)
+
+
+#: Short options and their long names, so that ``-o a -o b`` and ``-o a --output b`` are caught.
+_SHORT_OPTIONS = {"-o": "--output", "-q": "--quiet", "-j": "--jobs"}

@@ -81,9 +81,14 @@ def find_images(folder: str | os.PathLike, pattern: str = "*") -> ImageSet:
         raise OnnxqError(f"{root}: no such folder")
     if not root.is_dir():
         raise OnnxqError(f"{root}: not a folder")
-    files = sorted(
-        p for p in root.rglob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    )
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise OnnxqError(f"{root}: permission denied (cannot list the folder)")
+    try:
+        files = sorted(
+            p for p in root.rglob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
+    except OSError as error:
+        raise OnnxqError(f"{error.filename or root}: cannot list the folder ({error.strerror})") from None
     if not files:
         raise OnnxqError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     index_of = {wnid: i for i, wnid in enumerate(imagenet_wnids())}

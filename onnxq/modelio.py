@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
@@ -26,6 +27,10 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     """
     proto = _read_proto(Path(path))
     proto = _to_target_opset(proto, path)
+    try:
+        check_proto(proto)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise OnnxqError(f"{path}: invalid ONNX model: {_first_line(error)}") from None
     model = ir.serde.deserialize_model(proto)
     model.ir_version = max(model.ir_version, MIN_IR_VERSION)
     canonicalize(model)
@@ -39,6 +44,8 @@ def _read_proto(path: Path) -> onnx.ModelProto:
         raise OnnxqError(f"{path}: is a folder, not an ONNX model")
     try:
         proto = onnx.load(str(path))
+    except onnx.checker.ValidationError as error:  # external data that cannot be read
+        raise OnnxqError(f"{path}: cannot read its weights: {_first_line(error)}") from None
     except (DecodeError, RuntimeWarning, ValueError, OSError) as error:
         raise OnnxqError(f"{path}: not an ONNX model ({type(error).__name__})") from None
     if not proto.graph.node:
@@ -60,6 +67,61 @@ def _to_target_opset(proto: onnx.ModelProto, path: str | os.PathLike) -> onnx.Mo
             f"{path}: opset {version} is older than {TARGET_OPSET} and could not be converted "
             f"({message})"
         ) from None
+
+
+def check_classifier(model: ir.Model, name: str | os.PathLike) -> None:
+    """``OnnxqError`` unless ``model`` reads one float32 image batch ``[N, C, H, W]``."""
+    inputs = [value for value in model.graph.inputs if not value.is_initializer()]
+    described = ", ".join(f"{v.name} ({_dtype_name(v)} {_shape_text(v)})" for v in inputs)
+    if len(inputs) != 1:
+        raise OnnxqError(
+            f"{name}: onnxq takes image classifiers with one input [N, C, H, W]; "
+            f"this model has {len(inputs)}: {described}"
+        )
+    (value,) = inputs
+    if value.dtype != ir.DataType.FLOAT or value.shape is None or len(value.shape) != 4:
+        raise OnnxqError(
+            f"{name}: onnxq takes image classifiers with one float32 input [N, C, H, W]; "
+            f"this model's input is {described}"
+        )
+
+
+def check_float_model(model: ir.Model, name: str | os.PathLike) -> None:
+    """``OnnxqError`` if ``model`` is already quantized or has non-finite float weights."""
+    quantized = [node for node in model.graph if node.op_type in _QUANTIZED_OPS]
+    if quantized:
+        raise OnnxqError(
+            f"{name}: already quantized ({len(quantized)} {quantized[0].op_type} and similar "
+            "nodes); quantize the float model it came from"
+        )
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is not None and tensor.dtype.is_floating_point():
+            array = tensor.numpy()
+            if not np.isfinite(array).all():
+                bad = int((~np.isfinite(array)).sum())
+                raise OnnxqError(f"{name}: weight {value.name} has {bad} NaN or infinite values")
+
+
+#: Ops that only a quantized model has.
+_QUANTIZED_OPS = (
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
+    "QLinearMatMul", "ConvInteger", "MatMulInteger",
+)
+
+
+def _dtype_name(value: ir.Value) -> str:
+    return "unknown type" if value.dtype is None else value.dtype.name.lower()
+
+
+def _shape_text(value: ir.Value) -> str:
+    return "[?]" if value.shape is None else "[" + ", ".join(str(d) for d in value.shape) + "]"
+
+
+def _first_line(error: BaseException) -> str:
+    """The error's message on one line (checker messages span several)."""
+    text = " ".join(str(error).split())
+    return text[:300] if text else type(error).__name__
 
 
 def canonicalize(model: ir.Model) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -37,6 +39,13 @@ class Preprocessing:
             )
         if self.crop > self.resize or self.crop < 1:
             raise OnnxqError(f"crop {self.crop} must be between 1 and the resize {self.resize}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise OnnxqError("preprocessing mean and std need one value per RGB channel")
+        if not all(math.isfinite(v) for v in self.mean + self.std) or min(self.std) <= 0:
+            raise OnnxqError(
+                f"preprocessing std must be positive and mean/std finite, got mean {list(self.mean)} "
+                f"std {list(self.std)}"
+            )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -57,11 +66,8 @@ class Preprocessing:
 
     def load(self, path: str) -> np.ndarray:
         """Read one image file as a normalised ``[3, crop, crop]`` float32 array."""
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image = self._resize_short_side(image)
-            image = self._center_crop(image)
-            array = np.asarray(image, dtype=np.float32) / 255.0
+        image = self._center_crop(self._resize_short_side(read_rgb(path)))
+        array = np.asarray(image, dtype=np.float32) / 255.0
         array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(array.transpose(2, 0, 1))
 
@@ -99,3 +105,33 @@ def resolve(text: str | None) -> Preprocessing | None:
     raise OnnxqError(
         f"unknown preprocessing {text!r}: give a preset ({', '.join(PRESETS)}) or JSON"
     )
+
+
+def read_rgb(path: str) -> Image.Image:
+    """Any image Pillow opens as 8-bit RGB: 16-bit and 32-bit grey scaled to 0–255 (not
+    clipped), palette and alpha images flattened onto white, CMYK and others converted. Images
+    over Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) are refused."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return _to_rgb(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise OnnxqError(f"{path}: image too large to read ({error})") from None
+    except OSError as error:  # unreadable or not an image
+        raise OnnxqError(f"{path}: cannot read the image ({error})") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        grey = np.clip(np.round(array * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode in ("P", "PA", "LA", "RGBA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+

@@ -68,6 +68,10 @@ def quantize(
     recorded ``config`` is the one applied.
     """
     start = time.perf_counter()
+    name = model.graph.name or "the model"
+    modelio.check_float_model(model, name)
+    if calibration_images is not None:  # sessions will run images through it
+        modelio.check_classifier(model, name)
     config = _resolve(config, calibrated=calibration_images is not None)
     preprocessing = preprocessing or modelio.get_preprocessing(model) or PRESETS["torchvision"]
     sample = (
@@ -182,6 +186,9 @@ def quantize_file(
 ) -> QuantizeResult:
     """Load ``source``, quantize it and write ``destination`` (atomically, checker-clean)."""
     model = modelio.load_model(source)
+    modelio.check_float_model(model, source)
+    if calibration_images is not None:
+        modelio.check_classifier(model, source)
     if preprocessing is None and modelio.get_preprocessing(model) is None:
         progress.status(
             "[yellow]note:[/] the model records no preprocessing; using torchvision's "

@@ -379,7 +379,8 @@ def build_config(where: str, knobs: Mapping[str, Any]) -> QuantConfig:
                 fields[key] = tuple(_comma_list(where, key, fields[key]))
         return QuantConfig(weights=weights, features=features, **fields)
     except OnnxqError as error:
-        raise OnnxqError(f"{where}: {error}") from None
+        message = str(error)  # the row's own checks already name the place
+        raise OnnxqError(message if message.startswith(where) else f"{where}: {message}") from None
     except (TypeError, ValueError, KeyError) as error:
         raise OnnxqError(f"{where}: invalid settings ({error})") from None
 
@@ -401,8 +402,11 @@ def _of(where: str, settings: Mapping, key: str, kind: type) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise OnnxqError(f"{where}: {key} must be a {kind.__name__}, got {value!r}")
+        raise OnnxqError(f"{where}: {key} must be {_KIND_NAMES[kind]}, got {value!r}")
     return value
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
 def _typed(where: str, raw: Mapping, key: str, kind: type, default: Any) -> Any:

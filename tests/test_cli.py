@@ -93,9 +93,14 @@ def test_eval_needs_labels(tmp_path, tiny_path, sample_images):
     assert_user_error(onnxq("eval", tiny_path, "--data", folder), "cannot tell the class")
 
 
-def test_export_errors():
-    assert_user_error(onnxq("export", "resnet1800"), "unknown model")
-    assert_user_error(onnxq("export", "resnet18", "-o", "/nonexistent/dir/x.onnx", "--weights", "/nonexistent.pth"), "no such weights file")
+def test_export_errors(tmp_path):
+    assert_user_error(onnxq("export", "resnet1800", cwd=tmp_path), "unknown model")
+    output = tmp_path / "x.onnx"
+    assert_user_error(onnxq("export", "resnet18", "-o", output, "--weights", "/nonexistent.pth"), "no such weights file")
+    # the output is checked before torch is even imported
+    assert_user_error(onnxq("export", "resnet18", "-o", "/nonexistent/dir/x.onnx", "--weights", "/nonexistent.pth"),
+                      "no such folder for the output")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_version_and_help():

@@ -116,7 +116,7 @@ def test_every_quant_config_field_is_a_row_key():
     [
         ("[[table]]\nrows = [{ gsize = 8 }]", "", "table 1, row 1: unknown key 'gsize'"),
         ("[[table]]\nrows = [{ wbits = 4, scheme = 'per-group-affine' }]", "", "needs a group size"),
-        ("[[table]]\nrows = [{ wbits = 'four' }]", "", "wbits must be a int"),
+        ("[[table]]\nrows = [{ wbits = 'four' }]", "", "wbits must be an integer"),
         ("[[table]]\nrows = [{ model = 'resnet' }]", "", "unknown model 'resnet'"),
         ("[[table]]\nrows = [{ reference = 'baseline' }]", "", "reference must be"),
         ("[[table]]\nrows = [{ reference = ['fp32'] }]", "", "'reference' cannot be a list"),
