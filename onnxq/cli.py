@@ -47,7 +47,7 @@ def _main(
 @app.command()
 def export(
     model: Annotated[Optional[str], typer.Argument(help="resnet18, resnet50, efficientnet_lite0, any torchvision classifier.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .onnx (default: MODEL.onnx).")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output .onnx (default: MODEL.onnx).")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="A local state dict to load.")] = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Seeded random weights (structure tests).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for --random-weights and the export check.")] = 0,
@@ -75,7 +75,7 @@ def export(
 @app.command()
 def quantize(
     model: Annotated[Path, typer.Argument(help="The float ONNX model.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output .onnx (default: MODEL_wXaY.onnx).")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output .onnx (default: MODEL_wXaY.onnx).")] = None,
     calib: Annotated[Optional[Path], typer.Option(help="Folder of calibration images.")] = None,
     wbits: Annotated[int, typer.Option(help="Weight bits (2..8).")] = 8,
     scheme: Annotated[str, typer.Option(help=f"Weight scheme: {SCHEMES}.")] = "per-channel-symmetric",
@@ -205,7 +205,7 @@ def evaluate_command(
     model: Annotated[Path, typer.Argument(help="An ONNX classifier (float or quantized).")],
     data_dir: Annotated[Path, typer.Option("--data", help="Labelled images: <wnid>/ folders, <wnid>_*.JPEG or *_<index>.jpg.")],
     limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate only the first N images.")] = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON.")] = None,
+    json_path: Annotated[Optional[str], typer.Option("--json", help="Also write the results as JSON.")] = None,
     preprocess: Annotated[Optional[str], typer.Option(help="Override the model's preprocessing.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = 32,
     ep: Annotated[str, typer.Option(help="Execution provider: auto, cuda, cpu.")] = "auto",
@@ -260,7 +260,7 @@ def report(
 @app.command()
 def deploy(
     model: Annotated[Path, typer.Argument(help="A quantized ONNX model.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output .onnx.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output .onnx.")],
     fold_weights: Annotated[bool, typer.Option("--fold-weights", help="Fold every weight DequantizeLinear into float weights (any runtime, fp32-sized file).")] = False,
 ) -> None:
     """Rewrite a quantized model for fast ONNX Runtime CPU inference, weights bit-identical.
@@ -272,7 +272,7 @@ def deploy(
     from onnxq import modelio
     from onnxq.deploy import deploy as deploy_model
 
-    outputs.check_output(output)
+    output = outputs.check_output(output)
     loaded = modelio.load_model(model)
     result = deploy_model(loaded, fold_weights)
     modelio.save_model(loaded, output)
@@ -376,6 +376,8 @@ def main(argv: list[str] | None = None) -> None:
         if message is None:
             _fail(f"{failures.unexpected(error)} (rerun with --debug for the traceback)", 1)
         _fail(message)
+    if status == 130:  # typer turns Ctrl-C inside a command into exit status 130
+        _fail("interrupted", 130, prefix="onnxq: ")
     sys.exit(status if isinstance(status, int) else 0)
 
 

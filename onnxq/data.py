@@ -81,7 +81,7 @@ def find_images(folder: str | os.PathLike, pattern: str = "*") -> ImageSet:
         raise OnnxqError(f"{root}: no such folder")
     if not root.is_dir():
         raise OnnxqError(f"{root}: not a folder")
-    if not os.access(root, os.R_OK | os.X_OK):
+    if not _listable(root):
         raise OnnxqError(f"{root}: permission denied (cannot list the folder)")
     try:
         files = sorted(
@@ -94,6 +94,10 @@ def find_images(folder: str | os.PathLike, pattern: str = "*") -> ImageSet:
     index_of = {wnid: i for i, wnid in enumerate(imagenet_wnids())}
     labels = tuple(_label_of(path, root, index_of) for path in files)
     return ImageSet(tuple(files), labels)
+
+
+def _listable(folder: Path) -> bool:
+    return os.access(folder, os.R_OK | os.X_OK)
 
 
 def _label_of(path: Path, root: Path, index_of: dict[str, int]) -> int:

@@ -19,7 +19,14 @@ from onnxq.errors import OnnxqError
 
 
 def user_message(error: BaseException) -> str | None:
-    """The one line to print for ``error``, or None when it is not an expected failure."""
+    """The one line to print for ``error``, or None when it is not an expected failure.
+
+    A failure inside a graph pass reaches here wrapped by onnx-ir's pass manager: its cause is
+    what the user is told about.
+    """
+    cause = error.__cause__
+    if cause is not None and type(error).__module__.startswith("onnx_ir"):
+        return user_message(cause) or f"{_first_line(error)}: {unexpected(cause)}"
     if isinstance(error, OnnxqError):
         return str(error)
     if isinstance(error, OSError):
