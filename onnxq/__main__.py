@@ -1,3 +1,3 @@
-from onnxq.cli import main
+from onnxq.entry import main
 
 main()

@@ -297,3 +297,20 @@ def test_transparent_pixels_become_white(tmp_path):
     path = tmp_path / "alpha.png"
     Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(path)
     assert np.asarray(preprocessing.read_rgb(str(path))).min() == 255
+
+
+def test_ctrl_c_while_the_command_line_loads(monkeypatch, capsys):
+    import types
+
+    from onnxq import entry
+
+    loading = types.ModuleType("onnxq.cli")
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    loading.__getattr__ = interrupted  # the import is interrupted half way
+    monkeypatch.setitem(sys.modules, "onnxq.cli", loading)
+    with pytest.raises(SystemExit) as exit_:
+        entry.main()
+    assert exit_.value.code == 130 and capsys.readouterr().err == "onnxq: interrupted\n"
