@@ -174,8 +174,7 @@ def _tag(config) -> str:
 
 
 def _rounding_note(config) -> str:
-    notes = [f"{config.rounding} rounding"] if config.rounding != "nearest" else []
-    return "".join(f", {note}" for note in notes + ["bias correction"] * config.bias_correction)
+    return "".join(f", {note}" for note in config.rounding_notes())
 
 
 def _print_quantize_summary(result, output: Path) -> None:

@@ -131,6 +131,11 @@ class QuantConfig:
             self, placement=placement, rounding=rounding, bias_correction=bias_correction
         )
 
+    def rounding_notes(self) -> list[str]:
+        """What this (resolved) config does beyond round-to-nearest, e.g. ``gptq rounding``."""
+        notes = [f"{self.rounding} rounding"] if self.rounding != "nearest" else []
+        return notes + ["bias correction"] * bool(self.bias_correction)
+
     @property
     def is_resolved(self) -> bool:
         """No setting is left to ``resolved``."""

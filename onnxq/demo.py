@@ -87,10 +87,9 @@ def run_demo(data_dir: Path | None, workdir: Path, calib_size: int, ep: str) -> 
         output = workdir / f"{MODEL}_{tag}.onnx"
         row = run_row(float_path, config, calibration, evaluation, output, ep=ep)
         wbit = accounting.account(modelio.load_model(output)).equivalent_bits
-        quantized = Row.from_config(
-            MODEL, row.config, row.result, _remark(row.config, remark), wbit=wbit
-        )
-        rows.append(_with_agreement(quantized, baseline.agreement(row.result)))
+        remark = ", ".join(part for part in [remark, *row.config.rounding_notes()] if part)
+        quantized = Row.from_config(MODEL, row.config, row.result, remark, wbit=wbit)
+        rows.append(dataclasses.replace(quantized, agreement=baseline.agreement(row.result)))
     return markdown_table(rows, DEMO_HEADER) + "\n" + _images_note(
         calibration, evaluation, baseline.provider, workdir
     )
@@ -99,17 +98,6 @@ def run_demo(data_dir: Path | None, workdir: Path, calib_size: int, ep: str) -> 
 def demo_config(tag: str) -> QuantConfig:
     """The demo's (unresolved) config of the row ``tag``."""
     return {name: config for name, config, _ in CONFIGS}[tag]
-
-
-def _remark(config: QuantConfig, remark: str) -> str:
-    """``remark`` with the resolved rounding that the row's config applied."""
-    applied = [config.rounding] if config.rounding != "nearest" else []
-    applied += ["bias correction"] * config.bias_correction
-    return ", ".join(part for part in [remark, *applied] if part)
-
-
-def _with_agreement(row: Row, agreement: float) -> Row:
-    return dataclasses.replace(row, agreement=agreement)
 
 
 def _images_note(
