@@ -26,10 +26,13 @@ def test_smooth_and_reorder_end_to_end(tmp_path, tiny_path, sample_dir):
         result = onnxq(
             "-q", "quantize", tiny_path, "-o", output, "--calib", sample_dir, "--calib-size", 8,
             *W4_GROUPS, "--smooth", "--alpha", 0.5, "--smooth-mul", "--reorder", "absmax", "--verify",
+            "--decompose-scales",
         )
         assert result.returncode == 0, result.stderr
         outputs.append(output.read_bytes())
-    assert outputs[0] == outputs[1]  # deterministic
+    # The one determinism test of the fast suite: smooth, reorder, GPTQ (the 4-bit default with
+    # images) and scale decomposition in one run, twice, byte-identical.
+    assert outputs[0] == outputs[1]
 
     lines = result.stdout.splitlines()
     assert lines[1].startswith("channel sets: 5 (smooth: ")
@@ -45,6 +48,7 @@ def test_smooth_and_reorder_end_to_end(tmp_path, tiny_path, sample_dir):
     metadata = {p.key: p.value for p in model.metadata_props}
     config = json.loads(metadata["onnxq.quantization"])
     assert (config["smooth_alpha"], config["reorder"], config["smooth_mul"]) == (0.5, "absmax", True)
+    assert (config["rounding"], config["decompose_scales"]) == ("gptq", True)
     records = {r["name"]: r for r in json.loads(metadata["onnxq.channel_sets"])}
     assert records["conv2.out"]["smooth"]["status"] == "mul"
     assert records["conv2.out"]["smooth"]["inserted"] == ["relu2.out.smooth", "flat.out.smooth"]

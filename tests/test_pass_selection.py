@@ -26,6 +26,10 @@ W4A8 = QuantConfig(
 BOTH = dataclasses.replace(W4A8, smooth_alpha="auto", reorder="auto")
 
 
+def _bytes(model: ir.Model) -> bytes:
+    return ir.serde.serialize_model(model).SerializeToString()
+
+
 def candidate(passes: tuple[str, ...], divergences) -> Candidate:
     return Candidate(passes, W4A8, np.asarray(divergences, dtype=np.float64))
 
@@ -84,6 +88,15 @@ def test_every_combination_is_probed_and_the_best_applied(tiny_path, sample_imag
     assert all(np.isfinite(d) and d >= 0 for d in divergences)
     chosen = choose(result.pass_selection)
     assert result.config == chosen.config
+    # The model written is the chosen probe's: the same config without selection gives the
+    # same graph and weights (only the selection record differs).
+    direct = modelio.load_model(tiny_path)
+    quantize(direct, chosen.config, sample_images.head(8), select=False)
+    del model.metadata_props[pass_selection.METADATA_KEY]
+    assert _bytes(direct) == _bytes(model)
+    model.metadata_props[pass_selection.METADATA_KEY] = json.dumps(
+        pass_selection.records(result.pass_selection)
+    )
     stored = QuantConfig.from_dict(json.loads(model.metadata_props[METADATA_KEY]))
     assert stored == chosen.config
     recorded = json.loads(model.metadata_props[pass_selection.METADATA_KEY])

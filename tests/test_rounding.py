@@ -380,3 +380,55 @@ def test_gptq_and_bias_correction_rescue_4bit_efficientnet(effnet_path, sample_i
     quantized = evaluate.evaluate(model, evaluation, preprocessing, ep="cpu")
     assert quantized.top1 >= fp32.top1 - 4.5
     assert quantized.top5 >= fp32.top5 - 3.0
+
+
+def _reference_gptq(weight, hessian, scale, zero_point, bits, signed, damping=0.01):
+    """Textbook GPTQ for one group, no lazy blocks, no column reordering: after each column
+    the whole remaining weight gets its update (float64 throughout)."""
+    work = np.array(weight, dtype=np.float64)
+    damped = hessian + damping * np.diag(hessian).mean() * np.eye(len(hessian))
+    upper = np.linalg.cholesky(np.linalg.inv(damped)).T
+    codes = np.empty(work.shape, dtype=np.int32)
+    for column in range(work.shape[1]):
+        step, offset = scale[:, column], zero_point[:, column]
+        code = quant_math.quantize(work[:, column], step.astype(np.float32), offset, bits, signed)
+        codes[:, column] = code
+        error = (work[:, column] - (code - offset) * step) / upper[column, column]
+        work[:, column:] -= np.outer(error, upper[column, column:])
+    return codes
+
+
+def _grid(weight, bits=4):
+    lo, hi = weight.min(axis=-1, keepdims=True), weight.max(axis=-1, keepdims=True)
+    scale, zero_point = quant_math.scale_and_zero_point(lo, hi, bits, False)
+    return np.broadcast_to(scale, weight.shape), np.broadcast_to(zero_point, weight.shape)
+
+
+def test_gptq_across_lazy_blocks_equals_the_column_by_column_algorithm():
+    # 300 columns: three lazy blocks of at most 128, so the deferred update between blocks runs.
+    rng = np.random.default_rng(7)
+    depth = 300
+    inputs = rng.normal(size=(3000, depth)) @ rng.normal(size=(depth, depth)) / np.sqrt(depth)
+    hessian = inputs.T @ inputs / len(inputs)
+    weight = rng.normal(size=(6, depth))
+    scale, zero_point = _grid(weight)
+    expected = _reference_gptq(weight, hessian, scale, zero_point, 4, False)
+    codes = gptq_codes(
+        weight[None], hessian[None], scale[None], zero_point[None], 4, False, act_order=False
+    )[0]
+    assert (codes != quant_math.quantize(weight, scale, zero_point, 4, False)).mean() > 0.05
+    mismatches = (codes != expected).mean()
+    assert mismatches < 0.002, f"{mismatches:.2%} of codes differ from the reference"
+
+
+def test_an_indefinite_second_moment_gets_more_damping_until_it_factorizes():
+    # Eigenvalues 3 and -1 (mean diagonal 1): damping 0.01, 0.1 and 1 fail, 10 succeeds.
+    hessian = np.array([[[1.0, 2.0], [2.0, 1.0]]])
+    weight = np.array([[[0.31, -0.52], [0.77, 0.12], [-0.9, 0.4]]])
+    scale, zero_point = _grid(weight)
+    fallback = gptq_codes(weight, hessian, scale, zero_point, 4, False, damping=0.01)
+    direct = gptq_codes(weight, hessian, scale, zero_point, 4, False, damping=10.0)
+    np.testing.assert_array_equal(fallback, direct)
+    with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
+        hopeless = np.array([[[1.0, 1e7], [1e7, 1.0]]])  # eigenvalue -1e7: beyond 1000× damping
+        gptq_codes(weight, hopeless, scale, zero_point, 4, False)
