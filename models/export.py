@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from onnxq import metadata
 from onnxq import modelio, progress, runtime
 from onnxq.errors import OnnxqError
 from onnxq.models import efficientnet_lite, torchvision_zoo
@@ -23,7 +24,6 @@ from onnxq.passes.fold_batchnorm import FoldBatchNormPass
 from onnxq.passes.name_after_weights import NameAfterWeightsPass
 from onnxq.preprocessing import Preprocessing
 
-SOURCE_KEY = "onnxq.source"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
@@ -72,7 +72,7 @@ def export_model(
     next(bar)
     _clean(model)
     modelio.set_preprocessing(model, preprocessing)
-    model.metadata_props[SOURCE_KEY] = f"{name} ({source})"
+    model.metadata_props[metadata.SOURCE] = f"{name} ({source})"
     next(bar)
     difference = _compare_with_torch(torch, module, model, preprocessing.crop, seed)
     next(bar)

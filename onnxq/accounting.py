@@ -27,10 +27,8 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from onnxq import pass_selection
-from onnxq.config import METADATA_KEY
+from onnxq import metadata
 
-CHANNEL_SETS_KEY = "onnxq.channel_sets"
 #: Ops whose weights count by default, and those that ``include_fc`` adds.
 COUNTED_OPS = ("Conv",)
 FC_OPS = ("Gemm", "MatMul")
@@ -190,9 +188,9 @@ def account(model: ir.Model, include_fc: bool = False) -> ModelAccount:
             if weight is not None:
                 weights.append(weight)
     features = [_feature_account(node) for node in model.graph if _is_feature_quantize(node)]
-    config = model.metadata_props.get(METADATA_KEY)
-    channel_sets = model.metadata_props.get(CHANNEL_SETS_KEY)
-    selection = model.metadata_props.get(pass_selection.METADATA_KEY)
+    config = model.metadata_props.get(metadata.QUANTIZATION)
+    channel_sets = model.metadata_props.get(metadata.CHANNEL_SETS)
+    selection = model.metadata_props.get(metadata.PASS_SELECTION)
     return ModelAccount(
         weights,
         features,
@@ -264,7 +262,7 @@ def _input(node: ir.Node, index: int) -> ir.Value | None:
 
 
 def _bits(node: ir.Node, codes: ir.Value) -> int:
-    recorded = node.metadata_props.get("onnxq.bits")
+    recorded = node.metadata_props.get(metadata.BITS)
     return int(recorded) if recorded else codes.dtype.bitwidth
 
 
@@ -286,7 +284,7 @@ def _weight_name(dequantize: ir.Node) -> str:
 
 
 def _scheme(dequantize: ir.Node, groups: int, block: int) -> str:
-    recorded = dequantize.metadata_props.get("onnxq.scheme")
+    recorded = dequantize.metadata_props.get(metadata.SCHEME)
     if recorded:
         return recorded
     granularity = "group" if block else ("tensor" if groups == 1 else "channel")
@@ -296,7 +294,7 @@ def _scheme(dequantize: ir.Node, groups: int, block: int) -> str:
 
 
 def _group_channels(dequantize: ir.Node, shape: tuple[int, ...], block: int) -> int | None:
-    recorded = dequantize.metadata_props.get("onnxq.group_channels")
+    recorded = dequantize.metadata_props.get(metadata.GROUP_CHANNELS)
     if recorded:
         return int(recorded)
     kernel = math.prod(shape[2:]) if len(shape) > 2 else 1
@@ -309,18 +307,18 @@ def _is_feature_quantize(node: ir.Node) -> bool:
 
 def _feature_account(node: ir.Node) -> FeatureAccount:
     dtype = _quantized_type(node)
-    metadata = node.metadata_props
-    bits = int(metadata.get("onnxq.bits") or dtype.bitwidth)
-    scheme = metadata.get("onnxq.scheme")
+    props = node.metadata_props
+    bits = int(props.get(metadata.BITS) or dtype.bitwidth)
+    scheme = props.get(metadata.SCHEME)
     if not scheme:
         scale = node.inputs[1].const_value
         granularity = "tensor" if scale is None or scale.size == 1 else "channel"
         signed = dtype in (ir.DataType.INT4, ir.DataType.INT8, ir.DataType.INT16)
         scheme = f"per-{granularity}-{'symmetric' if signed else 'affine'}"
-    group = metadata.get("onnxq.group_channels")
+    group = props.get(metadata.GROUP_CHANNELS)
     return FeatureAccount(
         node.inputs[0].name, bits, scheme, int(group) if group else None,
-        metadata.get("onnxq.observer"),
+        props.get(metadata.OBSERVER),
     )
 
 

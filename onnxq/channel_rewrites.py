@@ -2,7 +2,7 @@
 
 Activation statistics come from the calibration images (streamed); what each pass did to every
 channel set is returned as ``ChannelSetReport`` records and stored as JSON in the model's
-``metadata_props["onnxq.channel_sets"]``.
+``metadata_props[metadata.CHANNEL_SETS]``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
+from onnxq import metadata
 from onnxq import channels, data
 from onnxq.channel_statistics import ChannelStatistics, collect_statistics
 from onnxq.channels import ACTIVATION_KEYS, AUTO
@@ -25,9 +26,6 @@ from onnxq.passes.smooth import SmoothPass
 from onnxq.plan import make_plan
 from onnxq.preprocessing import Preprocessing
 from onnxq.schemes import Scheme
-
-METADATA_KEY = "onnxq.channel_sets"
-
 
 @dataclasses.dataclass
 class ChannelSetReport:
@@ -136,7 +134,7 @@ def rewrite_channels(
         for record in smooth_pass.records:
             _report(reports, record.set).smooth = record.to_dict()
     result = list(reports.values())
-    model.metadata_props[METADATA_KEY] = json.dumps([r.to_dict() for r in result], sort_keys=True)
+    model.metadata_props[metadata.CHANNEL_SETS] = json.dumps([r.to_dict() for r in result], sort_keys=True)
     return result
 
 

@@ -10,8 +10,6 @@ from onnxq.errors import OnnxqError
 from onnxq.placement import PLACEMENTS
 from onnxq.schemes import MAX_BITS, MIN_BITS, Granularity, Scheme
 
-METADATA_KEY = "onnxq.quantization"
-
 #: Ops whose constant weights are quantized and whose feature inputs get Q/DQ by default.
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 #: Further ops whose feature inputs may be quantized on request (``--ops``).

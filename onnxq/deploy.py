@@ -20,13 +20,11 @@ import dataclasses
 
 import onnx_ir as ir
 
+from onnxq import metadata
 from onnxq.config import WEIGHT_OPS
 from onnxq.constant_dq import is_constant_dequantize, is_plain_int8
 from onnxq.passes import FoldWeightDequantizePass, ProtectFloatWeightsPass, WidenWeightsToInt8Pass
 from onnxq.placement import runs_as_integer_kernel
-
-FORM_KEY = "onnxq.deployment"
-
 
 @dataclasses.dataclass(frozen=True)
 class DeployResult:
@@ -42,7 +40,7 @@ def deploy(model: ir.Model, fold_weights: bool = False) -> DeployResult:
     fold = FoldWeightDequantizePass(keep_integer_kernels=not fold_weights)
     passes = [fold] if fold_weights else [widen, fold]
     ir.passes.PassManager([*passes, ProtectFloatWeightsPass()])(model)
-    model.metadata_props[FORM_KEY] = "float-weights" if fold_weights else "int8-kernels"
+    model.metadata_props[metadata.DEPLOYMENT] = "float-weights" if fold_weights else "int8-kernels"
     return DeployResult(
         model, _integer_kernel_layers(model), tuple(widen.widened), tuple(fold.folded)
     )

@@ -10,10 +10,11 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
+from onnxq import metadata
 from onnxq import outputs
 from onnxq.errors import OnnxqError
 from onnxq.passes import FoldBatchNormPass
-from onnxq.preprocessing import METADATA_KEY, Preprocessing
+from onnxq.preprocessing import Preprocessing
 
 TARGET_OPSET = 21
 MIN_IR_VERSION = 10  # int4 tensors and opset 21 need IR version 10
@@ -160,12 +161,12 @@ def check_proto(proto: onnx.ModelProto) -> None:
 
 def get_preprocessing(model: ir.Model) -> Preprocessing | None:
     """The preprocessing recorded by ``onnxq export``, if any."""
-    text = model.metadata_props.get(METADATA_KEY)
+    text = model.metadata_props.get(metadata.PREPROCESSING)
     return Preprocessing.from_json(text) if text else None
 
 
 def set_preprocessing(model: ir.Model, preprocessing: Preprocessing) -> None:
-    model.metadata_props[METADATA_KEY] = preprocessing.to_json()
+    model.metadata_props[metadata.PREPROCESSING] = preprocessing.to_json()
 
 
 def default_opset_version(model: ir.Model) -> int:

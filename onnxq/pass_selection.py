@@ -28,8 +28,6 @@ from onnxq.preprocessing import Preprocessing
 
 #: Logit batches for the comparison.
 BATCH = 32
-#: ``metadata_props`` key of the probes, as ``records`` writes them.
-METADATA_KEY = "onnxq.pass_selection"
 #: Standard errors of the paired per-image KL difference a pass must gain to be kept.
 SIGNIFICANCE = 2.0
 

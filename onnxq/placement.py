@@ -22,7 +22,6 @@ from collections.abc import Collection, Iterable
 
 import onnx_ir as ir
 
-from onnxq.schemes import Scheme
 
 PLACEMENTS = ("inputs", "fused")
 

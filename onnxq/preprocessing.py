@@ -12,8 +12,6 @@ from PIL import Image
 
 from onnxq.errors import OnnxqError
 
-METADATA_KEY = "onnxq.preprocessing"
-
 _INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import onnx_ir as ir
 
+from onnxq import metadata
 from onnxq import __version__, calibration, layer_rounding, modelio, pass_selection, progress
 from onnxq.cache import CalibrationCache
 from onnxq.calibration import CALIBRATION_BATCH
 from onnxq.channel_rewrites import ChannelSetReport, rewrite_channels
-from onnxq.config import AUTO, METADATA_KEY, QuantConfig
+from onnxq.config import AUTO, QuantConfig
 from onnxq.data import ImageSet
 from onnxq.errors import OnnxqError
 from onnxq.passes import (
@@ -27,9 +28,6 @@ from onnxq.passes.quantize_weights import QuantizedWeight
 from onnxq.pass_selection import Candidate, automatic_passes, select_passes
 from onnxq.plan import QuantPlan, make_plan
 from onnxq.preprocessing import PRESETS, Preprocessing
-
-VERSION_KEY = "onnxq.version"
-
 
 @dataclasses.dataclass
 class QuantizeResult:
@@ -107,10 +105,10 @@ def quantize(
             weights[name] = decomposed.replace_in(weights[name])
     if rounding is not None and config.bias_correction:
         ir.passes.PassManager([CorrectBiasPass(rounding.bias_shifts(weights))])(model)
-    model.metadata_props[METADATA_KEY] = config.to_json()
-    model.metadata_props[VERSION_KEY] = __version__
+    model.metadata_props[metadata.QUANTIZATION] = config.to_json()
+    model.metadata_props[metadata.VERSION] = __version__
     if selection:
-        model.metadata_props[pass_selection.METADATA_KEY] = json.dumps(
+        model.metadata_props[metadata.PASS_SELECTION] = json.dumps(
             pass_selection.records(selection)
         )
     return QuantizeResult(

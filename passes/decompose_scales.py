@@ -20,9 +20,10 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
+from onnxq import metadata
 from onnxq import quant_math
 from onnxq.graph import add_initializer, name_output
-from onnxq.passes.quantize_weights import SYMMETRIC_RANGE_KEY, CodeChooser, QuantizedWeight
+from onnxq.passes.quantize_weights import CodeChooser, QuantizedWeight
 from onnxq.scale_decomposition import DecomposedScales, decompose_scales, group_zero_points
 from onnxq.schemes import MAX_BITS, MIN_BITS
 
@@ -102,9 +103,9 @@ class DecomposeScalesPass(ir.passes.InPlacePass):
         zero_point_value = node.inputs[2] if len(node.inputs) > 2 else None
         axis = node.attributes.get_int("axis", 1)
         block = node.attributes.get_int("block_size")
-        bits = int(node.metadata_props.get("onnxq.bits") or codes_value.dtype.bitwidth)
+        bits = int(node.metadata_props.get(metadata.BITS) or codes_value.dtype.bitwidth)
         signed = codes_value.dtype in _SIGNED_TYPES
-        restricted = signed and node.metadata_props.get(SYMMETRIC_RANGE_KEY) == "restricted"
+        restricted = signed and node.metadata_props.get(metadata.SYMMETRIC_RANGE) == "restricted"
         decomposed = _decompose_weight(
             weight.reshape(codes_value.const_value.shape),
             scale_value.const_value.numpy(),
@@ -119,7 +120,7 @@ class DecomposeScalesPass(ir.passes.InPlacePass):
         node.replace_input_with(1, scale_dq.outputs[0])
         graph.initializers.pop(scale_value.name)
         name_output(scale_dq, scale_value.name, ir.DataType.FLOAT, scale_value.shape)
-        node.metadata_props["onnxq.scale_bits"] = str(self.scale_bits)
+        node.metadata_props[metadata.SCALE_BITS] = str(self.scale_bits)
         return decomposed
 
     def _scale_dequantize(
@@ -137,10 +138,10 @@ class DecomposeScalesPass(ir.passes.InPlacePass):
             inputs.append(
                 _add_integers(graph, f"{name}_channel_zero_point", scales.channel_zero_point, dtype)
             )
-        metadata = {"onnxq.role": "weight_scale", "onnxq.bits": str(self.scale_bits)}
+        props = {metadata.ROLE: "weight_scale", metadata.BITS: str(self.scale_bits)}
         return ir.node(
             "DequantizeLinear", inputs, {"axis": channel_axis}, name=f"{name}_scale_dq",
-            metadata_props=metadata,
+            metadata_props=props,
         )
 
 

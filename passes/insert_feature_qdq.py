@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from onnxq import metadata
 from onnxq import quant_math
 from onnxq.graph import add_initializer, name_output, values_by_name
 from onnxq.passes.quantize_weights import storage_type
@@ -101,10 +102,10 @@ class InsertFeatureQDQPass(ir.passes.InPlacePass):
         scale = add_initializer(graph, f"{name}_scale", params.scale, ir.DataType.FLOAT)
         zero_point = add_initializer(graph, f"{name}_zero_point", params.zero_point, dtype)
         axis = {"axis": 1} if params.per_axis else {}
-        metadata = feature_metadata(scheme)
+        props = feature_metadata(scheme)
         quantize = ir.node(
             "QuantizeLinear", [value, scale, zero_point], axis, name=f"{name}_q",
-            metadata_props=metadata,
+            metadata_props=props,
         )
         codes = name_output(quantize, f"{name}_quantized", dtype, value.shape)
         new_nodes = [quantize]
@@ -123,7 +124,7 @@ class InsertFeatureQDQPass(ir.passes.InPlacePass):
             new_nodes.append(clip)
         dequantize = ir.node(
             "DequantizeLinear", [codes, scale, zero_point], axis, name=f"{name}_dq",
-            metadata_props=metadata,
+            metadata_props=props,
         )
         restored = name_output(dequantize, f"{name}_dq", ir.DataType.FLOAT, value.shape)
         new_nodes.append(dequantize)
@@ -137,9 +138,9 @@ class InsertFeatureQDQPass(ir.passes.InPlacePass):
 def feature_metadata(scheme: Scheme) -> dict[str, str]:
     """Node metadata naming the feature scheme, for reports and Netron."""
     return {
-        "onnxq.role": "feature",
-        "onnxq.bits": str(scheme.bits),
-        "onnxq.scheme": scheme.name,
-        "onnxq.group_channels": str(scheme.group_size or ""),
-        "onnxq.observer": scheme.observer.value,
+        metadata.ROLE: "feature",
+        metadata.BITS: str(scheme.bits),
+        metadata.SCHEME: scheme.name,
+        metadata.GROUP_CHANNELS: str(scheme.group_size or ""),
+        metadata.OBSERVER: scheme.observer.value,
     }

@@ -17,13 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from onnxq import metadata
 from onnxq import observers, quant_math
 from onnxq.graph import add_initializer, name_output
 from onnxq.plan import WeightTarget
 from onnxq.schemes import Granularity, Scheme
-
-#: Weight DequantizeLinear metadata: the symmetric grid (``Scheme.symmetric_range``).
-SYMMETRIC_RANGE_KEY = "onnxq.symmetric_range"
 
 #: Chooses the integer codes of a weight's ``[output channels, inputs]`` view, given the
 #: scale and zero point of every entry (same shape); round-to-nearest when none is given.
@@ -227,10 +225,10 @@ def weight_metadata(quantized: QuantizedWeight) -> dict[str, str]:
     """Node metadata that lets a reader (``onnxq report``, Netron) see the scheme."""
     scheme = quantized.scheme
     return {
-        "onnxq.role": "weight",
-        "onnxq.bits": str(scheme.bits),
-        "onnxq.scheme": scheme.name,
-        "onnxq.group_channels": str(quantized.group_channels),
-        "onnxq.observer": scheme.observer.value,
-        **({SYMMETRIC_RANGE_KEY: scheme.symmetric_range} if scheme.symmetric else {}),
+        metadata.ROLE: "weight",
+        metadata.BITS: str(scheme.bits),
+        metadata.SCHEME: scheme.name,
+        metadata.GROUP_CHANNELS: str(quantized.group_channels),
+        metadata.OBSERVER: scheme.observer.value,
+        **({metadata.SYMMETRIC_RANGE: scheme.symmetric_range} if scheme.symmetric else {}),
     }

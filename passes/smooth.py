@@ -24,6 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
+from onnxq import metadata
 from onnxq import channels, quant_error
 from onnxq.channel_statistics import ChannelStatistics
 from onnxq.channels import ACT_SCALES, AUTO, ChannelSet, Consumer, Producer
@@ -264,7 +265,7 @@ def _mul(
 ) -> ir.Value:
     name = _unused_name(f"{x.name}.smooth", values)
     constant = add_initializer(graph, f"{name}_factor", factor, ir.DataType.FLOAT)
-    node = ir.node("Mul", [x, constant], name=name, metadata_props={"onnxq.role": "smooth"})
+    node = ir.node("Mul", [x, constant], name=name, metadata_props={metadata.ROLE: "smooth"})
     output = name_output(node, name, ir.DataType.FLOAT, x.shape)
     values[name] = output
     values[constant.name] = constant

@@ -19,7 +19,7 @@ from onnxq.channels import AUTO, REORDER_KEYS
 from onnxq.config import QuantConfig
 from onnxq.passes.reorder import ReorderPass
 from onnxq.passes.smooth import SmoothPass
-from onnxq.preprocessing import METADATA_KEY as PREPROCESSING_KEY
+from onnxq.metadata import PREPROCESSING as PREPROCESSING_KEY
 from onnxq.quantize import quantize
 from onnxq.schemes import Scheme
 from random_cnns import ACTIVATIONS, BLOCKS, HEADS, random_cnn

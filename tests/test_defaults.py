@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from onnxq import modelio
-from onnxq.config import METADATA_KEY, QuantConfig
+from onnxq import metadata
+from onnxq.config import QuantConfig
 from onnxq.demo import demo_config
 from onnxq.errors import OnnxqError
 from onnxq.experiment import run_row
@@ -37,7 +38,7 @@ RESOLVED = {
 
 
 def _recorded(path) -> QuantConfig:
-    return QuantConfig.from_dict(json.loads(modelio.load_model(path).metadata_props[METADATA_KEY]))
+    return QuantConfig.from_dict(json.loads(modelio.load_model(path).metadata_props[metadata.QUANTIZATION]))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -20,7 +20,6 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from onnxq import cli, outputs, preprocessing
-from tiny_models import tiny_cnn
 
 EXISTING = b"an earlier output that must survive"
 

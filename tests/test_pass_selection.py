@@ -11,7 +11,8 @@ import pytest
 
 from onnxq import modelio, pass_selection
 from onnxq import quantize as quantize_module
-from onnxq.config import METADATA_KEY, QuantConfig
+from onnxq import metadata
+from onnxq.config import QuantConfig
 from onnxq.pass_selection import Candidate, automatic_passes, choose, with_passes
 from onnxq.accounting import account
 from onnxq.quantize import quantize
@@ -92,14 +93,14 @@ def test_every_combination_is_probed_and_the_best_applied(tiny_path, sample_imag
     # same graph and weights (only the selection record differs).
     direct = modelio.load_model(tiny_path)
     quantize(direct, chosen.config, sample_images.head(8), select=False)
-    del model.metadata_props[pass_selection.METADATA_KEY]
+    del model.metadata_props[metadata.PASS_SELECTION]
     assert _bytes(direct) == _bytes(model)
-    model.metadata_props[pass_selection.METADATA_KEY] = json.dumps(
+    model.metadata_props[metadata.PASS_SELECTION] = json.dumps(
         pass_selection.records(result.pass_selection)
     )
-    stored = QuantConfig.from_dict(json.loads(model.metadata_props[METADATA_KEY]))
+    stored = QuantConfig.from_dict(json.loads(model.metadata_props[metadata.QUANTIZATION]))
     assert stored == chosen.config
-    recorded = json.loads(model.metadata_props[pass_selection.METADATA_KEY])
+    recorded = json.loads(model.metadata_props[metadata.PASS_SELECTION])
     assert [r["divergence"] for r in recorded] == divergences
     assert [r["kept"] for r in recorded] == [c is chosen for c in result.pass_selection]
     report = account(model)

@@ -8,7 +8,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from onnxq import data, modelio, quant_math
+from onnxq import modelio, quant_math
 from onnxq.config import QuantConfig
 from onnxq.quantize import quantize
 from onnxq.schemes import Granularity, Scheme, scheme_names

@@ -6,7 +6,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq.preprocessing import METADATA_KEY, Preprocessing
+from onnxq import metadata
+from onnxq.preprocessing import Preprocessing
 
 TINY_PREPROCESSING = Preprocessing(resize=36, crop=32)
 
@@ -91,6 +92,6 @@ def tiny_cnn(
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10 if opset >= 21 else 8
     )
-    helper.set_model_props(model, {METADATA_KEY: TINY_PREPROCESSING.to_json()})
+    helper.set_model_props(model, {metadata.PREPROCESSING: TINY_PREPROCESSING.to_json()})
     onnx.checker.check_model(model, full_check=True)
     return model
