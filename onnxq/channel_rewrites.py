@@ -17,7 +17,7 @@ import onnx_ir as ir
 from onnxq import metadata
 from onnxq import channels, data
 from onnxq.channel_statistics import ChannelStatistics, collect_statistics
-from onnxq.channels import ACTIVATION_KEYS, AUTO
+from onnxq.constants import ACTIVATION_KEYS, AUTO
 from onnxq.config import QuantConfig
 from onnxq.data import ImageSet
 from onnxq.errors import OnnxqError

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxq.constants import WEIGHT_OPS
 from onnxq.graph import is_depthwise
 
 #: Ops that keep channels in place and commute with a positive per-channel scale.
@@ -39,15 +40,7 @@ ELEMENTWISE_OPS = frozenset(
 REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum"})
 #: Ops that read only a tensor's shape.
 SHAPE_OPS = frozenset({"Shape", "Size"})
-WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
-#: Multipliers of the activation ranges in the smoothing scale (the seed log's ablation).
-ACT_SCALES = {"absmax": 1.0, "absmax*10": 10.0, "absmax/10": 0.1}
-#: Reorder sort keys: calibrated activation ranges, or the consumers' weight ranges.
-ACTIVATION_KEYS = ("absmax", "max")
-REORDER_KEYS = ACTIVATION_KEYS + ("weight-absmax", "weight-max")
-#: ``auto`` (smooth α, reorder key): per set, the choice that lowers the estimated error most.
-AUTO = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,7 +309,7 @@ class _Analyzer:
         members = [v for v in node.inputs if self.view(v) is not None]
         if node.domain not in ("", "ai.onnx"):
             self.unknown(node, members)
-        elif op in WEIGHTED_OPS:
+        elif op in WEIGHT_OPS:
             self.weighted(node)
         elif not members or op in SHAPE_OPS:
             return

@@ -5,25 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from onnxq.channels import ACT_SCALES, AUTO, REORDER_KEYS
+from onnxq.constants import (
+    ACT_SCALES,
+    AUTO,
+    FEATURE_OPS,
+    PLACEMENTS,
+    REORDER_KEYS,
+    ROUNDINGS,
+    WEIGHT_OPS,
+)
 from onnxq.errors import OnnxqError
-from onnxq.placement import PLACEMENTS
 from onnxq.schemes import MAX_BITS, MIN_BITS, Granularity, Scheme
 
-#: Ops whose constant weights are quantized and whose feature inputs get Q/DQ by default.
-WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
-#: Further ops whose feature inputs may be quantized on request (``--ops``).
-FEATURE_OPS = (
-    "Add",
-    "Mul",
-    "Concat",
-    "AveragePool",
-    "GlobalAveragePool",
-    "MaxPool",
-    "ReduceMean",
-)
-#: How weight codes are chosen on their grid (``onnxq.layer_rounding``).
-ROUNDINGS = ("nearest", "gptq")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ import onnx_ir as ir
 
 from onnxq import layer_inputs
 from onnxq.config import QuantConfig
+from onnxq.constants import BIASED_OPS
 from onnxq.data import ImageSet
 from onnxq.errors import OnnxqError
 from onnxq.layer_inputs import InputStatistics
@@ -33,7 +34,6 @@ from onnxq.rounding import gptq_codes, shrink_to_diagonal
 from onnxq.schemes import Granularity
 
 #: Layers whose bias can absorb a correction.
-BIASED_OPS = ("Conv", "Gemm")
 
 
 @dataclasses.dataclass

@@ -22,7 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxq import data, runtime
-from onnxq.channels import AUTO
+from onnxq.constants import AUTO
 from onnxq.config import QuantConfig
 from onnxq.preprocessing import Preprocessing
 

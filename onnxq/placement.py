@@ -22,25 +22,11 @@ from collections.abc import Collection, Iterable
 
 import onnx_ir as ir
 
+from onnxq.constants import WEIGHT_OPS
 
-PLACEMENTS = ("inputs", "fused")
 
-#: Op types with integer kernels in ONNX Runtime's CPU execution provider; ``fused`` quantizes
-#: their inputs and outputs.
-INTEGER_KERNEL_OPS = (
-    "Conv",
-    "Gemm",
-    "MatMul",
-    "Add",
-    "Mul",
-    "Concat",
-    "AveragePool",
-    "GlobalAveragePool",
-    "MaxPool",
-)
 #: Activations that ONNX Runtime folds into the QuantizeLinear that follows them.
 FOLDED_ACTIVATIONS = ("Relu", "Clip")
-_WEIGHTED = ("Conv", "Gemm", "MatMul")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +96,7 @@ def _readers(value: ir.Value) -> tuple[str, ...]:
 
 def _feature_inputs(node: ir.Node) -> Iterable[ir.Value]:
     """The non-constant float inputs of ``node`` (only the data input of a weighted op)."""
-    candidates = node.inputs[:1] if node.op_type in _WEIGHTED else node.inputs
+    candidates = node.inputs[:1] if node.op_type in WEIGHT_OPS else node.inputs
     return [
         value
         for value in candidates

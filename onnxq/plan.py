@@ -7,10 +7,11 @@ from collections.abc import Sequence
 
 import onnx_ir as ir
 
-from onnxq.config import WEIGHT_OPS, QuantConfig
+from onnxq.config import QuantConfig
+from onnxq.constants import INTEGER_KERNEL_OPS, WEIGHT_OPS
 from onnxq.errors import OnnxqError
 from onnxq.graph import is_depthwise
-from onnxq.placement import INTEGER_KERNEL_OPS, fused_features
+from onnxq.placement import fused_features
 from onnxq.schemes import Scheme
 
 

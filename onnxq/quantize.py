@@ -14,7 +14,8 @@ from onnxq import __version__, calibration, layer_rounding, modelio, pass_select
 from onnxq.cache import CalibrationCache
 from onnxq.calibration import CALIBRATION_BATCH
 from onnxq.channel_rewrites import ChannelSetReport, rewrite_channels
-from onnxq.config import AUTO, QuantConfig
+from onnxq.config import QuantConfig
+from onnxq.constants import AUTO
 from onnxq.data import ImageSet
 from onnxq.errors import OnnxqError
 from onnxq.passes import (
@@ -24,7 +25,7 @@ from onnxq.passes import (
     QuantizeWeightsPass,
 )
 from onnxq.passes.insert_feature_qdq import FeatureParams
-from onnxq.passes.quantize_weights import QuantizedWeight
+from onnxq.passes.quantize_weights import QuantizedWeight, groups_per_channel
 from onnxq.pass_selection import Candidate, automatic_passes, select_passes
 from onnxq.plan import QuantPlan, make_plan
 from onnxq.preprocessing import PRESETS, Preprocessing
@@ -95,8 +96,8 @@ def quantize(
         )
     rounding = layer_rounding.prepare(model, plan, config, sample, preprocessing, batch_size, ep)
     choosers = rounding.code_choosers() if rounding is not None else {}
-    weights_pass = QuantizeWeightsPass(plan.weights, choosers)
     scales_pass = _decompose_scales_pass(model, plan, config, choosers)
+    weights_pass = QuantizeWeightsPass(plan.weights, _first_choosers(model, plan, config, choosers))
     stage4 = [weights_pass, scales_pass, InsertFeatureQDQPass(plan.features, features)]
     ir.passes.PassManager([p for p in stage4 if p is not None])(model)
     weights = weights_pass.quantized
@@ -145,6 +146,23 @@ def _decompose_scales_pass(
     initializers = model.graph.initializers
     floats = {t.weight: initializers[t.weight].const_value.numpy() for t in plan.weights}
     return DecomposeScalesPass(floats, config.scale_bits, choosers)
+
+
+def _first_choosers(
+    model: ir.Model, plan: QuantPlan, config: QuantConfig, choosers: dict
+) -> dict:
+    """The code choosers of the weights pass: all of them, except for weights whose scales are
+    decomposed next; those get their codes once, on the decomposed grid (round-to-nearest
+    codes stand in until then)."""
+    if not config.decompose_scales:
+        return choosers
+    initializers = model.graph.initializers
+    decomposed = {
+        target.weight
+        for target in plan.weights
+        if groups_per_channel(initializers[target.weight].shape, target.out_axis, target.scheme) > 1
+    }
+    return {name: chooser for name, chooser in choosers.items() if name not in decomposed}
 
 
 def _calibrate(

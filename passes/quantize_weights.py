@@ -94,6 +94,14 @@ def quantize_weight(
     return _stored_form(weight, out_axis, codes, scale, zero_point, block, group_channels, scheme)
 
 
+def groups_per_channel(shape: tuple[int, ...], out_axis: int, scheme: Scheme) -> int:
+    """Scale groups per output channel that ``quantize_weight`` gives a weight of ``shape``."""
+    if scheme.granularity is not Granularity.GROUP:
+        return 1
+    in_channels = shape[1 - out_axis] if len(shape) == 2 else shape[1]
+    return -(-in_channels // min(scheme.group_size, in_channels))
+
+
 def _channel_view(weight: np.ndarray, out_axis: int, scheme: Scheme) -> np.ndarray:
     """``[rows, cols]`` with one output channel per row (one row for per-tensor)."""
     if scheme.granularity is Granularity.TENSOR:

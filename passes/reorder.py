@@ -28,7 +28,8 @@ import onnx_ir as ir
 
 from onnxq import channels, quant_error
 from onnxq.channel_statistics import ChannelStatistics
-from onnxq.channels import ACTIVATION_KEYS, AUTO, REORDER_KEYS, ChannelSet, Consumer
+from onnxq.channels import ChannelSet, Consumer
+from onnxq.constants import ACTIVATION_KEYS, AUTO, REORDER_KEYS
 from onnxq.equivalence import OutputCheck
 from onnxq.graph import replace_constant, values_by_name
 from onnxq.schemes import Scheme

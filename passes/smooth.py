@@ -27,7 +27,8 @@ import onnx_ir as ir
 from onnxq import metadata
 from onnxq import channels, quant_error
 from onnxq.channel_statistics import ChannelStatistics
-from onnxq.channels import ACT_SCALES, AUTO, ChannelSet, Consumer, Producer
+from onnxq.channels import ChannelSet, Consumer, Producer
+from onnxq.constants import ACT_SCALES, AUTO
 from onnxq.equivalence import OutputCheck
 from onnxq.graph import add_initializer, name_output, replace_constant, values_by_name
 from onnxq.schemes import Scheme

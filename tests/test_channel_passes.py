@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxq import channels, equivalence, modelio
 from onnxq.channel_statistics import ChannelStatistics, statistics_on_inputs
-from onnxq.channels import AUTO, REORDER_KEYS
+from onnxq.constants import AUTO, REORDER_KEYS
 from onnxq.config import QuantConfig
 from onnxq.passes.reorder import ReorderPass
 from onnxq.passes.smooth import SmoothPass

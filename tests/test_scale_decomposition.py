@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -10,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxq import modelio, quant_math
+from onnxq import layer_rounding, modelio, quant_math
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
 from onnxq.passes.quantize_weights import quantize_weight
@@ -265,3 +267,31 @@ def test_decomposed_efficientnet_keeps_its_accuracy(effnet_path, sample_images):
         top1[decompose] = result.top1
     assert top1[False] > 80.0  # fp32: 88.6
     assert top1[True] >= top1[False] - 1.5  # measured: 83.2 against 83.6
+
+
+def test_gptq_chooses_the_codes_of_a_decomposed_weight_once(tiny_path, sample_images, monkeypatch):
+    """With decomposition, GPTQ runs on the decomposed grid only: once per weight, as without
+    it, and the codes stored are the ones it chose there (not round-to-nearest's)."""
+    calls: list[tuple[int, ...]] = []
+    real = layer_rounding.gptq_codes
+
+    def counted(weight, *args, **kwargs):
+        calls.append(weight.shape)
+        return real(weight, *args, **kwargs)
+
+    monkeypatch.setattr(layer_rounding, "gptq_codes", counted)
+    base = QuantConfig(
+        weights=Scheme.parse("per-group-affine", bits=4, group_size=2),
+        calib_size=8, rounding="gptq",
+    )
+    counts, models = [], []
+    for config in (base, dataclasses.replace(base, decompose_scales=True),
+                   dataclasses.replace(base, decompose_scales=True, rounding="nearest")):
+        calls.clear()
+        model = modelio.load_model(tiny_path)
+        result = quantize(model, config, sample_images.head(8))
+        counts.append(len(calls))
+        models.append(result)
+    assert counts[0] == counts[1] > 0 and counts[2] == 0
+    gptq, nearest = models[1].weights, models[2].weights
+    assert any(not np.array_equal(gptq[name].codes, nearest[name].codes) for name in gptq)

@@ -20,6 +20,7 @@ import logging
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 log = logging.getLogger("fingerprints")
@@ -91,6 +92,7 @@ def fingerprints(model: Path, work: Path, names: list[str]) -> dict[str, str]:
     """The SHA-256 of every model the chosen configurations write."""
     result: dict[str, str] = {}
     for name in names:
+        start = time.perf_counter()
         if name in CONFIGS:
             output = work / f"{name}.onnx"
             onnxq(
@@ -102,7 +104,7 @@ def fingerprints(model: Path, work: Path, names: list[str]) -> dict[str, str]:
             output = work / f"{name}.onnx"
             onnxq("deploy", str(work / f"{source}.onnx"), "-o", str(output), *extra)
         result[name] = sha256(output)
-        log.info("%-42s %s", name, result[name][:16])
+        log.info("%-42s %s  %5.1f s", name, result[name][:16], time.perf_counter() - start)
     return result
 
 
