@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import io
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxq import metadata
-from onnxq import modelio, progress, runtime
+from onnxq import __version__, metadata, modelio, progress, runtime
+from onnxq.cache import digest, file_digest
 from onnxq.errors import OnnxqError
 from onnxq.models import efficientnet_lite, torchvision_zoo
 from onnxq.passes.fold_batchnorm import FoldBatchNormPass
@@ -137,3 +139,40 @@ def _compare_with_torch(torch, module, model: ir.Model, size: int, seed: int) ->
     if difference > 1e-3 * max(1.0, float(np.abs(expected).max())):
         raise OnnxqError(f"export check failed: ONNX Runtime differs from torch by {difference:.3g}")
     return difference
+
+
+def exported_model(
+    folder: str | os.PathLike,
+    name: str,
+    weights: str | os.PathLike | None = None,
+    random_weights: bool = False,
+    seed: int = 0,
+) -> Path:
+    """The float ONNX export of ``name``, exported on the first request only.
+
+    The key covers the model name, the weights file's content, the export settings and the
+    onnxq and torch versions; without a weights file, weights come from torch's cache as in
+    ``onnxq export``.
+    """
+    key = digest(
+        {
+            "name": name,
+            "weights": file_digest(weights) if weights is not None else None,
+            "random_weights": random_weights,
+            "seed": seed,
+            "onnxq": __version__,
+            "torch": _installed_version("torch"),
+        }
+    )
+    path = Path(folder) / f"{name}-{key[:16]}.onnx"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_model(name, path, None if weights is None else str(weights), random_weights, seed)
+    return path
+
+
+def _installed_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None

@@ -9,7 +9,6 @@ side can share a cache folder.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -20,7 +19,7 @@ import onnx_ir as ir
 
 from onnxq import __version__, outputs
 from onnxq.data import ImageSet
-from onnxq.passes.insert_feature_qdq import FeatureParams
+from onnxq.feature_quantization import FeatureParams
 from onnxq.plan import FeatureTarget
 from onnxq.preprocessing import Preprocessing
 from onnxq.schemes import Scheme
@@ -126,42 +125,3 @@ def _read_params(path: Path) -> dict[str, FeatureParams]:
             )
             for number, entry in enumerate(index)
         }
-
-
-def exported_model(
-    folder: str | os.PathLike,
-    name: str,
-    weights: str | os.PathLike | None = None,
-    random_weights: bool = False,
-    seed: int = 0,
-) -> Path:
-    """The float ONNX export of ``name``, exported on the first request only.
-
-    The key covers the model name, the weights file's content, the export settings and the
-    onnxq and torch versions; without a weights file, weights come from torch's cache as in
-    ``onnxq export``.
-    """
-    key = digest(
-        {
-            "name": name,
-            "weights": file_digest(weights) if weights is not None else None,
-            "random_weights": random_weights,
-            "seed": seed,
-            "onnxq": __version__,
-            "torch": _installed_version("torch"),
-        }
-    )
-    path = Path(folder) / f"{name}-{key[:16]}.onnx"
-    if not path.exists():
-        from onnxq.models.export import export_model
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        export_model(name, path, None if weights is None else str(weights), random_weights, seed)
-    return path
-
-
-def _installed_version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None

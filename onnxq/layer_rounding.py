@@ -27,7 +27,7 @@ from onnxq.constants import BIASED_OPS
 from onnxq.data import ImageSet
 from onnxq.errors import OnnxqError
 from onnxq.layer_inputs import InputStatistics
-from onnxq.passes.quantize_weights import CodeChooser, QuantizedWeight
+from onnxq.weight_quantization import CodeChooser, QuantizedWeight
 from onnxq.plan import QuantPlan, WeightTarget
 from onnxq.preprocessing import Preprocessing
 from onnxq.rounding import gptq_codes, shrink_to_diagonal

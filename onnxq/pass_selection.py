@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -115,21 +116,24 @@ def records(candidates: list[Candidate]) -> list[dict]:
     return [{**c.to_dict(), "kept": c is chosen} for c in candidates]
 
 
+#: Quantizes a copy of the model in place with a probe's config (the whole pipeline, no
+#: selection); ``onnxq.quantize`` passes its own ``quantize``.
+Quantizer = Callable[[ir.Model, QuantConfig], object]
+
+
 def select_passes(
     model: ir.Model,
     config: QuantConfig,
     images: data.ImageSet,
     preprocessing: Preprocessing,
-    batch_size: int,
+    quantize: Quantizer,
     ep: str = "auto",
 ) -> tuple[Candidate, list[Candidate]]:
     """Probe every on/off combination of ``config``'s automatic passes on ``images``.
 
     Returns the chosen candidate and all of them (the first keeps every automatic pass).
-    ``model`` is not modified.
+    ``model`` is not modified; each probe is a copy that ``quantize`` quantizes.
     """
-    from onnxq.quantize import quantize  # the probes run the whole pipeline
-
     automatic = automatic_passes(config)
     reference = _softmax_outputs(model, images, preprocessing, ep)
     candidates = []
@@ -138,7 +142,7 @@ def select_passes(
             candidate = with_passes(config, kept)
             probe = dataclasses.replace(candidate, rounding="nearest", bias_correction=False)
             copy = _clone(model)
-            quantize(copy, probe, images, preprocessing, batch_size, ep, select=False)
+            quantize(copy, probe)
             outputs = _softmax_outputs(copy, images, preprocessing, ep)
             candidates.append(Candidate(kept, candidate, _kl_per_image(reference, outputs)))
     return choose(candidates), candidates

@@ -17,7 +17,7 @@ import numpy as np
 from onnxq import observers, quant_math
 from onnxq.channel_statistics import ChannelStatistics
 from onnxq.channels import Consumer, conv_input_index, consumer_input_channels
-from onnxq.passes.quantize_weights import quantize_weight
+from onnxq.weight_quantization import quantize_weight
 from onnxq.schemes import Granularity, Observer, Scheme
 
 #: Output channels of a wide layer on which its weight rounding error is estimated.

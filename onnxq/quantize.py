@@ -24,8 +24,8 @@ from onnxq.passes import (
     InsertFeatureQDQPass,
     QuantizeWeightsPass,
 )
-from onnxq.passes.insert_feature_qdq import FeatureParams
-from onnxq.passes.quantize_weights import QuantizedWeight, groups_per_channel
+from onnxq.feature_quantization import FeatureParams
+from onnxq.weight_quantization import QuantizedWeight, groups_per_channel
 from onnxq.pass_selection import Candidate, automatic_passes, select_passes
 from onnxq.plan import QuantPlan, make_plan
 from onnxq.preprocessing import PRESETS, Preprocessing
@@ -81,7 +81,10 @@ def quantize(
     selection: list[Candidate] = []
     if select and sample is not None and automatic_passes(config):
         progress.status("probing the automatic channel passes on the calibration images")
-        chosen, selection = select_passes(model, config, sample, preprocessing, batch_size, ep)
+        def probe(copy: ir.Model, probe_config: QuantConfig) -> QuantizeResult:
+            return quantize(copy, probe_config, sample, preprocessing, batch_size, ep, select=False)
+
+        chosen, selection = select_passes(model, config, sample, preprocessing, probe, ep)
         config = chosen.config
     channel_sets = rewrite_channels(model, config, sample, preprocessing, batch_size, ep, verify)
     plan = make_plan(model, config)

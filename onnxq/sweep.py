@@ -28,7 +28,8 @@ import onnx_ir as ir
 
 from onnxq import __version__, data, evaluate, modelio, progress, runtime
 from onnxq.accounting import account
-from onnxq.cache import CalibrationCache, digest, exported_model, file_digest, write_atomically
+from onnxq.cache import CalibrationCache, digest, file_digest, write_atomically
+from onnxq.models.export import exported_model
 from onnxq.config import QuantConfig, techniques_off
 from onnxq.errors import OnnxqError
 from onnxq.evaluate import EvalResult

@@ -23,7 +23,7 @@ import onnx_ir as ir
 from onnxq import metadata
 from onnxq import quant_math
 from onnxq.graph import add_initializer, name_output
-from onnxq.passes.quantize_weights import CodeChooser, QuantizedWeight
+from onnxq.weight_quantization import CodeChooser, QuantizedWeight
 from onnxq.scale_decomposition import DecomposedScales, decompose_scales, group_zero_points
 from onnxq.schemes import MAX_BITS, MIN_BITS
 

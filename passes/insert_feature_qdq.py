@@ -9,9 +9,8 @@ returns wrong values, Clip→Q(uint4) can fail to load, so 4-bit QuantizeLinear 
 
 from __future__ import annotations
 
-__all__ = ["FeatureParams", "InsertFeatureQDQPass"]
+__all__ = ["InsertFeatureQDQPass"]
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -20,46 +19,10 @@ import onnx_ir as ir
 from onnxq import metadata
 from onnxq import quant_math
 from onnxq.graph import add_initializer, name_output, values_by_name
-from onnxq.passes.quantize_weights import storage_type
 from onnxq.plan import FeatureTarget
-from onnxq.schemes import Granularity, Scheme
-
-
-@dataclasses.dataclass(frozen=True)
-class FeatureParams:
-    """Calibrated scale and zero point of one feature tensor, per channel (or a scalar)."""
-
-    scale: np.ndarray  # float32, shape () or [C]
-    zero_point: np.ndarray  # int32, same shape
-    scheme: Scheme
-
-    @property
-    def per_axis(self) -> bool:
-        return self.scale.ndim == 1
-
-    def fake_quantize(self, x: np.ndarray) -> np.ndarray:
-        """The numpy reference of what the inserted Q/DQ pair computes on ``x [N, C, ...]``."""
-        shape = (1, -1) + (1,) * (x.ndim - 2) if self.per_axis else ()
-        return quant_math.fake_quantize(
-            x,
-            self.scale.reshape(shape),
-            self.zero_point.reshape(shape),
-            self.scheme.bits,
-            self.scheme.signed,
-        )
-
-    @classmethod
-    def from_group_ranges(
-        cls, lo: np.ndarray, hi: np.ndarray, channels: int, scheme: Scheme
-    ) -> FeatureParams:
-        """Parameters from per-group ranges (one group per tensor, channel or ``gs`` channels)."""
-        scale, zero_point = quant_math.scale_and_zero_point(
-            lo, hi, scheme.bits, scheme.symmetric, scheme.restricted
-        )
-        if scheme.granularity is Granularity.TENSOR:
-            return cls(scale.reshape(()), zero_point.reshape(()), scheme)
-        group_of = np.arange(channels) // (scheme.group_size or 1)
-        return cls(scale[group_of], zero_point[group_of], scheme)
+from onnxq.feature_quantization import FeatureParams
+from onnxq.schemes import Scheme
+from onnxq.weight_quantization import storage_type
 
 
 class InsertFeatureQDQPass(ir.passes.InPlacePass):

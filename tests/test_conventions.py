@@ -19,7 +19,7 @@ from onnx import TensorProto
 from onnxruntime.quantization import quant_utils
 
 from onnxq import quant_math
-from onnxq.passes.quantize_weights import quantize_weight
+from onnxq.weight_quantization import quantize_weight
 from onnxq.schemes import Scheme
 
 BITS = range(2, 9)

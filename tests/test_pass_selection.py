@@ -132,7 +132,12 @@ def test_probes_do_not_touch_the_model(tiny_path, sample_images):
     model = modelio.load_model(tiny_path)
     before = ir.serde.serialize_model(model).SerializeToString()
     preprocessing = modelio.get_preprocessing(model)
-    pass_selection.select_passes(model, BOTH, sample_images.head(4), preprocessing, 4, "cpu")
+    images = sample_images.head(4)
+
+    def probe(copy, config):
+        return quantize(copy, config, images, preprocessing, 4, "cpu", select=False)
+
+    pass_selection.select_passes(model, BOTH, images, preprocessing, probe, "cpu")
     assert ir.serde.serialize_model(model).SerializeToString() == before
 
 

@@ -17,7 +17,7 @@ from onnxq.config import QuantConfig
 from onnxq.layer_inputs import InputStatistics, LayerGeometry, patch_sums, patches
 from onnxq.layer_rounding import LayerRounding
 from onnxq.passes import CorrectBiasPass
-from onnxq.passes.quantize_weights import quantize_weight
+from onnxq.weight_quantization import quantize_weight
 from onnxq.plan import make_plan
 from onnxq.quantize import quantize
 from onnxq.rounding import gptq_codes, output_error

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from onnxq import layer_rounding, modelio, quant_math
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
-from onnxq.passes.quantize_weights import quantize_weight
+from onnxq.weight_quantization import quantize_weight
 from onnxq.quantize import quantize
 from onnxq.scale_decomposition import decompose_scales, group_zero_points, offset_range
 from onnxq.schemes import Scheme

@@ -14,7 +14,8 @@ from markdown_tables import parse_tables
 from tiny_models import tiny_cnn
 
 from onnxq import data
-from onnxq.cache import CalibrationCache, exported_model
+from onnxq.cache import CalibrationCache
+from onnxq.models.export import exported_model
 from onnxq.config import QuantConfig
 from onnxq.errors import OnnxqError
 from onnxq.plots import Point, plot_accuracy_vs_bits
