@@ -52,7 +52,7 @@ def stream(
     description: str = "calibrating",
 ) -> Iterator[dict[str, np.ndarray]]:
     """The values of the tensors ``names`` (the model input among them, if named) per batch."""
-    session = _session_with_outputs(model, list(names), ep)
+    session = session_with_outputs(model, list(names), ep)
     input_name = session.get_inputs()[0].name
     fetched = [name for name in names if name != input_name]
     batches = data.iter_batches(images, preprocessing, batch_size)
@@ -62,7 +62,7 @@ def stream(
         yield outputs
 
 
-def _session_with_outputs(model: ir.Model, names: list[str], ep: str):
+def session_with_outputs(model: ir.Model, names: list[str], ep: str):
     """A session over ``model`` that also returns the tensors ``names``.
 
     Without ONNX Runtime's memory pattern planning: with it, peak memory rose by up to 20% from

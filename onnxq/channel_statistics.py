@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxq import calibration, runtime
+from onnxq import calibration
 from onnxq.data import ImageSet
 from onnxq.observers import HistogramFeatureObserver
 from onnxq.preprocessing import Preprocessing
@@ -109,14 +109,9 @@ def statistics_on_inputs(
     model: ir.Model, tensors: Iterable[str], inputs: Mapping[str, np.ndarray], ep: str = "cpu"
 ) -> dict[str, ChannelStatistics]:
     """Per-channel statistics of ``tensors`` on one batch of in-memory ``inputs``."""
-    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
-    produced = {value.name: value for node in copy.graph for value in node.outputs}
     wanted = sorted(set(tensors))
-    copy.graph.outputs.extend(
-        produced[name] for name in wanted
-        if name in produced and not produced[name].is_graph_output()
-    )
-    names = [value.name for value in copy.graph.outputs]
-    outputs = dict(zip(names, runtime.create_session(copy, ep).run(names, dict(inputs))))
+    session = calibration.session_with_outputs(model, wanted, ep)
+    fetched = [name for name in wanted if name not in inputs]
+    outputs = dict(zip(fetched, session.run(fetched, dict(inputs))))
     outputs.update(inputs)
     return {name: ChannelStatistics.of([outputs[name]]) for name in wanted}
