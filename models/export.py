@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
+from onnxq.models import efficientnet_lite, torchvision_zoo
+from onnxq.passes.fold_batchnorm import FoldBatchNormPass
+from onnxq.passes.name_after_weights import NameAfterWeightsPass
 
 from onnxq import __version__, metadata, modelio, progress, runtime
 from onnxq.cache import digest, file_digest
 from onnxq.errors import OnnxqError
-from onnxq.models import efficientnet_lite, torchvision_zoo
-from onnxq.passes.fold_batchnorm import FoldBatchNormPass
-from onnxq.passes.name_after_weights import NameAfterWeightsPass
 from onnxq.preprocessing import Preprocessing
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"

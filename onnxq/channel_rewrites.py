@@ -2,7 +2,7 @@
 
 Activation statistics come from the calibration images (streamed); what each pass did to every
 channel set is returned as ``ChannelSetReport`` records and stored as JSON in the model's
-``metadata_props[metadata.CHANNEL_SETS]``.
+``metadata_props`` (key ``onnxq.channel_sets``).
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
-from onnxq import metadata
-from onnxq import channels, data
+from onnxq import channels, data, metadata
 from onnxq.channel_statistics import ChannelStatistics, collect_statistics
-from onnxq.constants import ACTIVATION_KEYS, AUTO
 from onnxq.config import QuantConfig
+from onnxq.constants import ACTIVATION_KEYS, AUTO
 from onnxq.data import ImageSet
 from onnxq.errors import OnnxqError
 from onnxq.passes.reorder import ReorderPass
@@ -26,6 +25,7 @@ from onnxq.passes.smooth import SmoothPass
 from onnxq.plan import make_plan
 from onnxq.preprocessing import Preprocessing
 from onnxq.schemes import Scheme
+
 
 @dataclasses.dataclass
 class ChannelSetReport:
@@ -134,7 +134,8 @@ def rewrite_channels(
         for record in smooth_pass.records:
             _report(reports, record.set).smooth = record.to_dict()
     result = list(reports.values())
-    model.metadata_props[metadata.CHANNEL_SETS] = json.dumps([r.to_dict() for r in result], sort_keys=True)
+    records = [r.to_dict() for r in result]
+    model.metadata_props[metadata.CHANNEL_SETS] = json.dumps(records, sort_keys=True)
     return result
 
 

@@ -42,7 +42,6 @@ REDUCE_OPS = frozenset({"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum"})
 SHAPE_OPS = frozenset({"Shape", "Size"})
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Producer:
     """A node whose weight rows from ``offset`` along ``axis`` (and bias) make the set's channels."""

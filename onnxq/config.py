@@ -18,7 +18,6 @@ from onnxq.errors import OnnxqError
 from onnxq.schemes import MAX_BITS, MIN_BITS, Granularity, Scheme
 
 
-
 @dataclasses.dataclass(frozen=True)
 class QuantConfig:
     """What to quantize and how.

@@ -21,10 +21,15 @@ import dataclasses
 import onnx_ir as ir
 
 from onnxq import metadata
-from onnxq.constants import WEIGHT_OPS
 from onnxq.constant_dq import is_constant_dequantize, is_plain_int8
-from onnxq.passes import FoldWeightDequantizePass, ProtectFloatWeightsPass, WidenWeightsToInt8Pass
+from onnxq.constants import WEIGHT_OPS
+from onnxq.passes import (
+    FoldWeightDequantizePass,
+    ProtectFloatWeightsPass,
+    WidenWeightsToInt8Pass,
+)
 from onnxq.placement import runs_as_integer_kernel
+
 
 @dataclasses.dataclass(frozen=True)
 class DeployResult:

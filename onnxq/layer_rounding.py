@@ -27,14 +27,11 @@ from onnxq.constants import BIASED_OPS
 from onnxq.data import ImageSet
 from onnxq.errors import OnnxqError
 from onnxq.layer_inputs import InputStatistics
-from onnxq.weight_quantization import CodeChooser, QuantizedWeight
 from onnxq.plan import QuantPlan, WeightTarget
 from onnxq.preprocessing import Preprocessing
 from onnxq.rounding import gptq_codes, shrink_to_diagonal
 from onnxq.schemes import Granularity
-
-#: Layers whose bias can absorb a correction.
-
+from onnxq.weight_quantization import CodeChooser, QuantizedWeight
 
 @dataclasses.dataclass
 class LayerRounding:

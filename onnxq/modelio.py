@@ -10,8 +10,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxq import metadata
-from onnxq import outputs
+from onnxq import metadata, outputs
 from onnxq.errors import OnnxqError
 from onnxq.passes import FoldBatchNormPass
 from onnxq.preprocessing import Preprocessing

@@ -23,8 +23,8 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxq import data, runtime
-from onnxq.constants import AUTO
 from onnxq.config import QuantConfig
+from onnxq.constants import AUTO
 from onnxq.preprocessing import Preprocessing
 
 #: Logit batches for the comparison.

@@ -24,7 +24,6 @@ import onnx_ir as ir
 
 from onnxq.constants import WEIGHT_OPS
 
-
 #: Activations that ONNX Runtime folds into the QuantizeLinear that follows them.
 FOLDED_ACTIVATIONS = ("Relu", "Clip")
 

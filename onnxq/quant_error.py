@@ -16,9 +16,9 @@ import numpy as np
 
 from onnxq import observers, quant_math
 from onnxq.channel_statistics import ChannelStatistics
-from onnxq.channels import Consumer, conv_input_index, consumer_input_channels
-from onnxq.weight_quantization import quantize_weight
+from onnxq.channels import Consumer, consumer_input_channels, conv_input_index
 from onnxq.schemes import Granularity, Observer, Scheme
+from onnxq.weight_quantization import quantize_weight
 
 #: Output channels of a wide layer on which its weight rounding error is estimated.
 SAMPLED_ROWS = 64

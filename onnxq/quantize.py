@@ -9,8 +9,15 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from onnxq import metadata
-from onnxq import __version__, calibration, layer_rounding, modelio, pass_selection, progress
+from onnxq import (
+    __version__,
+    calibration,
+    layer_rounding,
+    metadata,
+    modelio,
+    pass_selection,
+    progress,
+)
 from onnxq.cache import CalibrationCache
 from onnxq.calibration import CALIBRATION_BATCH
 from onnxq.channel_rewrites import ChannelSetReport, rewrite_channels
@@ -18,17 +25,18 @@ from onnxq.config import QuantConfig
 from onnxq.constants import AUTO
 from onnxq.data import ImageSet
 from onnxq.errors import OnnxqError
+from onnxq.feature_quantization import FeatureParams
+from onnxq.pass_selection import Candidate, automatic_passes, select_passes
 from onnxq.passes import (
     CorrectBiasPass,
     DecomposeScalesPass,
     InsertFeatureQDQPass,
     QuantizeWeightsPass,
 )
-from onnxq.feature_quantization import FeatureParams
-from onnxq.weight_quantization import QuantizedWeight, groups_per_channel
-from onnxq.pass_selection import Candidate, automatic_passes, select_passes
 from onnxq.plan import QuantPlan, make_plan
 from onnxq.preprocessing import PRESETS, Preprocessing
+from onnxq.weight_quantization import QuantizedWeight, groups_per_channel
+
 
 @dataclasses.dataclass
 class QuantizeResult:

@@ -29,11 +29,11 @@ import onnx_ir as ir
 from onnxq import __version__, data, evaluate, modelio, progress, runtime
 from onnxq.accounting import account
 from onnxq.cache import CalibrationCache, digest, file_digest, write_atomically
-from onnxq.models.export import exported_model
 from onnxq.config import QuantConfig, techniques_off
 from onnxq.errors import OnnxqError
 from onnxq.evaluate import EvalResult
 from onnxq.experiment import run_row
+from onnxq.models.export import exported_model
 from onnxq.plots import Point, plot_accuracy_vs_bits
 from onnxq.schemes import Granularity, Observer
 from onnxq.spec import Run, Spec, Table, TableRow, load_spec

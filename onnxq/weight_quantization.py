@@ -67,7 +67,7 @@ def quantize_weight(
     """
     weight = np.asarray(weight, dtype=np.float32)
     view = _channel_view(weight, out_axis, scheme)
-    in_channels = weight.shape[1 - out_axis] if weight.ndim == 2 else weight.shape[1]
+    in_channels = _in_channels(weight.shape, out_axis)
     kernel = view.shape[1] // in_channels if scheme.granularity is not Granularity.TENSOR else 1
     block, group_channels = _block(view, in_channels, kernel, scheme)
     groups, mask = quant_math.group_rows(view, block)
@@ -92,8 +92,18 @@ def groups_per_channel(shape: tuple[int, ...], out_axis: int, scheme: Scheme) ->
     """Scale groups per output channel that ``quantize_weight`` gives a weight of ``shape``."""
     if scheme.granularity is not Granularity.GROUP:
         return 1
-    in_channels = shape[1 - out_axis] if len(shape) == 2 else shape[1]
-    return -(-in_channels // min(scheme.group_size, in_channels))
+    in_channels = _in_channels(shape, out_axis)
+    return -(-in_channels // _group_channels(in_channels, scheme))
+
+
+def _in_channels(shape: tuple[int, ...], out_axis: int) -> int:
+    """Inputs per output of a dense ``[K, N]``/``[N, K]`` weight, or a Conv's ``C/groups``."""
+    return shape[1 - out_axis] if len(shape) == 2 else shape[1]
+
+
+def _group_channels(in_channels: int, scheme: Scheme) -> int:
+    """Input channels per scale group of a per-group scheme."""
+    return min(scheme.group_size, in_channels)
 
 
 def _channel_view(weight: np.ndarray, out_axis: int, scheme: Scheme) -> np.ndarray:
@@ -107,7 +117,7 @@ def _channel_view(weight: np.ndarray, out_axis: int, scheme: Scheme) -> np.ndarr
 def _block(view: np.ndarray, in_channels: int, kernel: int, scheme: Scheme) -> tuple[int, int]:
     """Values per scale block and input channels per group."""
     if scheme.granularity is Granularity.GROUP:
-        group_channels = min(scheme.group_size, in_channels)
+        group_channels = _group_channels(in_channels, scheme)
         return group_channels * kernel, group_channels
     return view.shape[1], in_channels
 

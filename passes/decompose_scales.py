@@ -20,12 +20,15 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxq import metadata
-from onnxq import quant_math
+from onnxq import metadata, quant_math
 from onnxq.graph import add_initializer, name_output
-from onnxq.weight_quantization import CodeChooser, QuantizedWeight
-from onnxq.scale_decomposition import DecomposedScales, decompose_scales, group_zero_points
+from onnxq.scale_decomposition import (
+    DecomposedScales,
+    decompose_scales,
+    group_zero_points,
+)
 from onnxq.schemes import MAX_BITS, MIN_BITS
+from onnxq.weight_quantization import CodeChooser, QuantizedWeight
 
 _SIGNED_TYPES = (ir.DataType.INT4, ir.DataType.INT8)
 

@@ -16,11 +16,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxq import metadata
-from onnxq import quant_math
+from onnxq import metadata, quant_math
+from onnxq.feature_quantization import FeatureParams
 from onnxq.graph import add_initializer, name_output, values_by_name
 from onnxq.plan import FeatureTarget
-from onnxq.feature_quantization import FeatureParams
 from onnxq.schemes import Scheme
 from onnxq.weight_quantization import storage_type
 

@@ -26,6 +26,7 @@ from onnxq.weight_quantization import (
     storage_type,
 )
 
+
 class QuantizeWeightsPass(ir.passes.InPlacePass):
     """Quantize the weights named by ``targets`` (see ``onnxq.plan``) in place.
 

@@ -24,8 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxq import metadata
-from onnxq import channels, quant_error
+from onnxq import channels, metadata, quant_error
 from onnxq.channel_statistics import ChannelStatistics
 from onnxq.channels import ChannelSet, Consumer, Producer
 from onnxq.constants import ACT_SCALES, AUTO

@@ -16,8 +16,8 @@ __all__ = ["WidenWeightsToInt8Pass"]
 import numpy as np
 import onnx_ir as ir
 
-from onnxq.constants import WEIGHT_OPS
 from onnxq.constant_dq import is_constant_dequantize, is_plain_int8, row_scales
+from onnxq.constants import WEIGHT_OPS
 from onnxq.graph import add_initializer, name_output
 from onnxq.placement import runs_as_integer_kernel
 

@@ -48,8 +48,6 @@ def layer_of(module: str) -> int:
     """Rank of ``module``'s layer (``onnxq.passes.smooth`` → the rank of ``passes``)."""
     parts = module.split(".")
     key = parts[1] if len(parts) > 1 else "__init__"
-    if module in ("onnxq.__main__",):
-        key = "__main__"
     for rank, members in enumerate(LAYERS.values()):
         if key in members:
             return rank

@@ -284,14 +284,12 @@ def test_gptq_chooses_the_codes_of_a_decomposed_weight_once(tiny_path, sample_im
         weights=Scheme.parse("per-group-affine", bits=4, group_size=2),
         calib_size=8, rounding="gptq",
     )
-    counts, models = [], []
+    counts, results = [], []
     for config in (base, dataclasses.replace(base, decompose_scales=True),
                    dataclasses.replace(base, decompose_scales=True, rounding="nearest")):
         calls.clear()
-        model = modelio.load_model(tiny_path)
-        result = quantize(model, config, sample_images.head(8))
+        results.append(quantize(modelio.load_model(tiny_path), config, sample_images.head(8)))
         counts.append(len(calls))
-        models.append(result)
     assert counts[0] == counts[1] > 0 and counts[2] == 0
-    gptq, nearest = models[1].weights, models[2].weights
+    gptq, nearest = results[1].weights, results[2].weights
     assert any(not np.array_equal(gptq[name].codes, nearest[name].codes) for name in gptq)
