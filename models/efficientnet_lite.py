@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 import io
 
-from onnxq.errors import OnnxqError
-from onnxq.preprocessing import PRESETS, Preprocessing
+from onnxq.base.errors import OnnxqError
+from onnxq.io.preprocessing import PRESETS, Preprocessing
 
 NAMES = {f"efficientnet_lite{i}": f"efficientnet-lite{i}" for i in range(5)}
 #: Input resolution of each variant (Lite0 224 … Lite4 300); resize keeps the 224/256 ratio.

@@ -21,10 +21,13 @@ from onnxq.models import efficientnet_lite, torchvision_zoo
 from onnxq.passes.fold_batchnorm import FoldBatchNormPass
 from onnxq.passes.name_after_weights import NameAfterWeightsPass
 
-from onnxq import __version__, metadata, modelio, progress, runtime
-from onnxq.cache import digest, file_digest
-from onnxq.errors import OnnxqError
-from onnxq.preprocessing import Preprocessing
+from onnxq import __version__
+from onnxq.base import metadata, progress
+from onnxq.base.errors import OnnxqError
+from onnxq.calibration.cache import digest, file_digest
+from onnxq.io import runtime
+from onnxq.io.preprocessing import Preprocessing
+from onnxq.pipeline import modelio
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 

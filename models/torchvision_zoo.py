@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from onnxq.errors import OnnxqError
-from onnxq.preprocessing import Preprocessing
+from onnxq.base.errors import OnnxqError
+from onnxq.io.preprocessing import Preprocessing
 
 
 def available() -> list[str]:

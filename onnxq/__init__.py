@@ -16,11 +16,11 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 #: The public names and the modules that define them.
 _EXPORTS = {
-    "QuantConfig": "onnxq.config",
-    "OnnxqError": "onnxq.errors",
-    "Granularity": "onnxq.schemes",
-    "Observer": "onnxq.schemes",
-    "Scheme": "onnxq.schemes",
+    "QuantConfig": "onnxq.core.config",
+    "OnnxqError": "onnxq.base.errors",
+    "Granularity": "onnxq.core.schemes",
+    "Observer": "onnxq.core.schemes",
+    "Scheme": "onnxq.core.schemes",
 }
 
 __all__ = ["Granularity", "Observer", "OnnxqError", "QuantConfig", "Scheme", "__version__"]

@@ -11,9 +11,10 @@ from typing import Annotated, NoReturn, Optional
 import typer
 from typer.exceptions import TyperException
 
-from onnxq import __version__, failures, outputs, progress
-from onnxq.errors import OnnxqError
-from onnxq.schemes import scheme_names
+from onnxq import __version__, failures
+from onnxq.base import outputs, progress
+from onnxq.base.errors import OnnxqError
+from onnxq.core.schemes import scheme_names
 
 app = typer.Typer(
     name="onnxq",
@@ -109,10 +110,10 @@ def quantize(
     seed: Annotated[int, typer.Option(help="Seed of the calibration sample.")] = 0,
 ) -> None:
     """Quantize an ONNX CNN to a standard QDQ model."""
-    from onnxq import data, preprocessing
-    from onnxq.config import QuantConfig
-    from onnxq.quantize import quantize_file
-    from onnxq.schemes import Scheme
+    from onnxq.core.config import QuantConfig
+    from onnxq.core.schemes import Scheme
+    from onnxq.io import data, preprocessing
+    from onnxq.pipeline.quantize import quantize_file
 
     weights = Scheme.parse(
         scheme, bits=wbits, group_size=gs, observer=observer, percentile=percentile,
@@ -189,11 +190,11 @@ def _print_quantize_summary(result, output: Path) -> None:
     for node, reason in plan.skipped:
         typer.echo(f"  skipped {node}: {reason}")
     if result.pass_selection:
-        from onnxq.pass_selection import describe, records
+        from onnxq.pipeline.pass_selection import describe, records
 
         typer.echo(f"automatic channel passes: {describe(records(result.pass_selection))}")
     if result.channel_sets:
-        from onnxq.channel_rewrites import summary_lines
+        from onnxq.pipeline.channel_rewrites import summary_lines
 
         for line in summary_lines(result.channel_sets):
             typer.echo(line)
@@ -211,7 +212,9 @@ def evaluate_command(
     fold_weights: Annotated[bool, typer.Option("--fold-weights", help="Let ONNX Runtime fold weight DequantizeLinear into float at load (fast 4-bit/per-group models; turns off int8 kernels).")] = False,
 ) -> None:
     """Top-1/top-5 accuracy and images/s of a classifier on labelled images."""
-    from onnxq import data, evaluate, modelio, preprocessing, runtime
+    from onnxq.io import data, preprocessing, runtime
+    from onnxq.pipeline import modelio
+    from onnxq.reporting import evaluate
 
     if json_path is not None:
         outputs.check_output(json_path, "JSON output")
@@ -242,8 +245,9 @@ def report(
     include_fc: Annotated[bool, typer.Option("--include-fc", help="Count Gemm/MatMul weights in the totals (by default only Conv weights count, as in the seed log).")] = False,
 ) -> None:
     """Per-layer weight bits, scale overhead and equivalent bits; sizes; feature schemes."""
-    from onnxq import accounting, modelio
-    from onnxq import report as reports
+    from onnxq.pipeline import modelio
+    from onnxq.reporting import accounting
+    from onnxq.reporting import report as reports
 
     if as_json and as_markdown:
         raise OnnxqError("choose one of --json and --markdown")
@@ -268,8 +272,8 @@ def deploy(
     per-channel weights included) and all other weight DequantizeLinear nodes are folded into
     float; --fold-weights folds them all.
     """
-    from onnxq import modelio
-    from onnxq.deploy import deploy as deploy_model
+    from onnxq.pipeline import modelio
+    from onnxq.pipeline.deploy import deploy as deploy_model
 
     output = outputs.check_output(output)
     loaded = modelio.load_model(model)
@@ -291,7 +295,7 @@ def demo(
     ep: Annotated[str, typer.Option(help="Execution provider: auto, cuda, cpu.")] = "auto",
 ) -> None:
     """Export EfficientNet-Lite0, quantize it W8A8 and W4A8, and compare accuracy."""
-    from onnxq.demo import run_demo
+    from onnxq.experiments.demo import run_demo
 
     outputs.check_output_folder(workdir, "demo folder")
     typer.echo(run_demo(data_dir, workdir, calib_size, ep))
@@ -311,7 +315,7 @@ def sweep(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs still to do, and run nothing.")] = False,
 ) -> None:
     """Run the tables of sweep specs: resumable, cached, on this machine or a Ray cluster."""
-    from onnxq.sweep import SweepOptions, run_sweep
+    from onnxq.experiments.sweep import SweepOptions, run_sweep
 
     outputs.check_output_folder(out, "sweep output folder")
     options = SweepOptions(data_dir, out, cache, jobs, ray, threads, ep, save_models, dry_run)
@@ -341,7 +345,7 @@ def _ray_without_address(args: list[str]) -> list[str]:
     """``--ray`` with no address (last, or before another option) means Ray's default."""
     if "--ray" not in args:
         return args
-    from onnxq.sweep import RAY_DEFAULT_ADDRESS
+    from onnxq.experiments.sweep import RAY_DEFAULT_ADDRESS
 
     result = []
     for index, arg in enumerate(args):

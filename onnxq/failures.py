@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from onnxq.errors import OnnxqError
+from onnxq.base.errors import OnnxqError
 
 
 def user_message(error: BaseException) -> str | None:

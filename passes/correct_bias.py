@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxq.graph import add_initializer
+from onnxq.analysis.graph import add_initializer
 
 _BIAS_INPUT = {"Conv": 2, "Gemm": 2}
 

@@ -5,7 +5,7 @@ one group per output channel keeps its inputs' names, but its scale ``<w>_scale`
 initializer: a second DequantizeLinear ``<w>_scale_dq`` computes it from the codes
 ``<w>_scale_codes``, the per-channel scale ``<w>_channel_scale`` and, for affine weights, the
 offset ``<w>_channel_zero_point``. The weight codes and group zero points are quantized again with
-the decomposed scales (``onnxq.scale_decomposition`` says how the decomposition is searched).
+the decomposed scales (``onnxq.core.scale_decomposition`` says how the decomposition is searched).
 Weights with one group per output channel (depthwise convolutions) have nothing to decompose and
 are left as they are.
 """
@@ -20,15 +20,16 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxq import metadata, quant_math
-from onnxq.graph import add_initializer, name_output
-from onnxq.scale_decomposition import (
+from onnxq.analysis.graph import add_initializer, name_output
+from onnxq.base import metadata
+from onnxq.core import quant_math
+from onnxq.core.scale_decomposition import (
     DecomposedScales,
     decompose_scales,
     group_zero_points,
 )
-from onnxq.schemes import MAX_BITS, MIN_BITS
-from onnxq.weight_quantization import CodeChooser, QuantizedWeight
+from onnxq.core.schemes import MAX_BITS, MIN_BITS
+from onnxq.core.weight_quantization import CodeChooser, QuantizedWeight
 
 _SIGNED_TYPES = (ir.DataType.INT4, ir.DataType.INT8)
 

@@ -13,10 +13,14 @@ __all__ = ["FoldWeightDequantizePass"]
 import numpy as np
 import onnx_ir as ir
 
-from onnxq.constant_dq import dequantize_constant, is_constant_dequantize, is_plain_int8
-from onnxq.constants import WEIGHT_OPS
-from onnxq.graph import add_initializer
-from onnxq.placement import runs_as_integer_kernel
+from onnxq.analysis.constant_dq import (
+    dequantize_constant,
+    is_constant_dequantize,
+    is_plain_int8,
+)
+from onnxq.analysis.graph import add_initializer
+from onnxq.analysis.placement import runs_as_integer_kernel
+from onnxq.base.constants import WEIGHT_OPS
 
 
 class FoldWeightDequantizePass(ir.passes.InPlacePass):

@@ -16,12 +16,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxq import metadata, quant_math
-from onnxq.feature_quantization import FeatureParams
-from onnxq.graph import add_initializer, name_output, values_by_name
-from onnxq.plan import FeatureTarget
-from onnxq.schemes import Scheme
-from onnxq.weight_quantization import storage_type
+from onnxq.analysis.graph import add_initializer, name_output, values_by_name
+from onnxq.analysis.plan import FeatureTarget
+from onnxq.base import metadata
+from onnxq.core import quant_math
+from onnxq.core.feature_quantization import FeatureParams
+from onnxq.core.schemes import Scheme
+from onnxq.core.weight_quantization import storage_type
 
 
 class InsertFeatureQDQPass(ir.passes.InPlacePass):

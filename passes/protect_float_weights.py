@@ -15,7 +15,7 @@ __all__ = ["ProtectFloatWeightsPass"]
 import numpy as np
 import onnx_ir as ir
 
-from onnxq.graph import add_initializer, name_output
+from onnxq.analysis.graph import add_initializer, name_output
 
 _REWRITTEN = ("Conv", "Gemm")
 

@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxq import metadata
-from onnxq.graph import add_initializer, name_output
-from onnxq.plan import WeightTarget
-from onnxq.weight_quantization import (
+from onnxq.analysis.graph import add_initializer, name_output
+from onnxq.analysis.plan import WeightTarget
+from onnxq.base import metadata
+from onnxq.core.weight_quantization import (
     CodeChooser,
     QuantizedWeight,
     quantize_weight,
@@ -28,7 +28,7 @@ from onnxq.weight_quantization import (
 
 
 class QuantizeWeightsPass(ir.passes.InPlacePass):
-    """Quantize the weights named by ``targets`` (see ``onnxq.plan``) in place.
+    """Quantize the weights named by ``targets`` (see ``onnxq.analysis.plan``) in place.
 
     Adds initializers ``<w>_quantized``, ``<w>_scale`` (and ``<w>_zero_point``), a
     DequantizeLinear ``<w>_dq`` and, for blocked weights, a Reshape ``<w>_reshape``; the node

@@ -5,13 +5,13 @@ channels of a feature); sorting channels by their range puts channels of similar
 group. The permutation is applied to the producers' output channels (weight rows and biases), to
 per-channel constants on the way, and to the consumers' input channels, so the graph computes the
 same function with no Gather or other runtime op. Sets linked by a depthwise Conv (see
-``onnxq.channels``) share one permutation, which also permutes the depthwise weights.
+``onnxq.analysis.channels``) share one permutation, which also permutes the depthwise weights.
 
 Sort keys: ``absmax`` / ``max`` of the calibrated activations that the consumers read, or
 ``weight-absmax`` / ``weight-max`` of the consumers' weights per input channel. Consumers whose
 weights are grouped across channels (not depthwise) decide the key when a set has any. With
 ``auto`` each group of sets takes the key whose order gives the lowest estimated quantization
-error of its consumers (``onnxq.quant_error``), and keeps its order unless that lowers the
+error of its consumers (``onnxq.calibration.quant_error``), and keeps its order unless that lowers the
 estimate by ``MIN_GAIN`` (1%) or more; orders that cannot matter (per-channel weights and
 per-tensor features) are thereby left alone.
 """
@@ -26,13 +26,14 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxq import channels, quant_error
-from onnxq.channel_statistics import ChannelStatistics
-from onnxq.channels import ChannelSet, Consumer
-from onnxq.constants import ACTIVATION_KEYS, AUTO, REORDER_KEYS
-from onnxq.equivalence import OutputCheck
-from onnxq.graph import replace_constant, values_by_name
-from onnxq.schemes import Scheme
+from onnxq.analysis import channels
+from onnxq.analysis.channels import ChannelSet, Consumer
+from onnxq.analysis.equivalence import OutputCheck
+from onnxq.analysis.graph import replace_constant, values_by_name
+from onnxq.base.constants import ACTIVATION_KEYS, AUTO, REORDER_KEYS
+from onnxq.calibration import quant_error
+from onnxq.calibration.channel_statistics import ChannelStatistics
+from onnxq.core.schemes import Scheme
 
 #: ``auto`` keeps a set's order unless a key lowers the estimated error by this fraction (orders
 #: that cannot matter differ only by float rounding).
@@ -71,7 +72,7 @@ class ReorderPass(ir.passes.InPlacePass):
     their channel statistics. ``quantization`` maps consumer nodes to their ``(weight scheme,
     feature scheme)`` for ``auto``; without statistics ``auto`` weighs all channels alike.
     ``records`` tells, per group of linked sets, what was permuted or skipped and why. With
-    ``verify`` the outputs before and after must agree within ``onnxq.equivalence.TOLERANCE``.
+    ``verify`` the outputs before and after must agree within ``onnxq.analysis.equivalence.TOLERANCE``.
     """
 
     def __init__(

@@ -1,10 +1,10 @@
 """SmoothQuant for convolutions: move activation range into the weights that read it.
 
-For each channel set (see ``onnxq.channels``) with activation ranges ``a_j`` (calibration) and
+For each channel set (see ``onnxq.analysis.channels``) with activation ranges ``a_j`` (calibration) and
 weight ranges ``w_j`` (the largest ``|w|`` of the consumers' weights that multiply channel
 ``j``), the scale ``s_j = a_j^α / w_j^(1-α)`` divides the set's tensors and multiplies the
 consumers' input channels. With ``alpha="auto"`` each set takes the α of a grid that minimises
-the estimated output error of its consumers once quantized (``onnxq.quant_error``), and is left
+the estimated output error of its consumers once quantized (``onnxq.calibration.quant_error``), and is left
 alone unless that lowers the estimate by ``MIN_GAIN`` (25%) or more.
 
 The division is folded into the producers' weights and biases, which is exact when every op of
@@ -24,13 +24,20 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxq import channels, metadata, quant_error
-from onnxq.channel_statistics import ChannelStatistics
-from onnxq.channels import ChannelSet, Consumer, Producer
-from onnxq.constants import ACT_SCALES, AUTO
-from onnxq.equivalence import OutputCheck
-from onnxq.graph import add_initializer, name_output, replace_constant, values_by_name
-from onnxq.schemes import Scheme
+from onnxq.analysis import channels
+from onnxq.analysis.channels import ChannelSet, Consumer, Producer
+from onnxq.analysis.equivalence import OutputCheck
+from onnxq.analysis.graph import (
+    add_initializer,
+    name_output,
+    replace_constant,
+    values_by_name,
+)
+from onnxq.base import metadata
+from onnxq.base.constants import ACT_SCALES, AUTO
+from onnxq.calibration import quant_error
+from onnxq.calibration.channel_statistics import ChannelStatistics
+from onnxq.core.schemes import Scheme
 
 _SCALE_LIMITS = (1e-5, 1e5)
 ALPHA_GRID = tuple(i / 10 for i in range(11))
@@ -80,7 +87,7 @@ class SmoothPass(ir.passes.InPlacePass):
     be None), which ``alpha="auto"`` needs to estimate quantization errors.
     ``records`` tells, per set, what was folded, what got an explicit Mul and what was skipped
     and why. With ``verify`` the pass runs the model before and after (on ``verify_inputs`` or
-    random inputs) and fails if an output moved by more than ``onnxq.equivalence.TOLERANCE``.
+    random inputs) and fails if an output moved by more than ``onnxq.analysis.equivalence.TOLERANCE``.
     """
 
     def __init__(

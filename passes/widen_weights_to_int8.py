@@ -16,10 +16,10 @@ __all__ = ["WidenWeightsToInt8Pass"]
 import numpy as np
 import onnx_ir as ir
 
-from onnxq.constant_dq import is_constant_dequantize, is_plain_int8, row_scales
-from onnxq.constants import WEIGHT_OPS
-from onnxq.graph import add_initializer, name_output
-from onnxq.placement import runs_as_integer_kernel
+from onnxq.analysis.constant_dq import is_constant_dequantize, is_plain_int8, row_scales
+from onnxq.analysis.graph import add_initializer, name_output
+from onnxq.analysis.placement import runs_as_integer_kernel
+from onnxq.base.constants import WEIGHT_OPS
 
 _INT8 = (-128, 127)
 

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_models import tiny_cnn  # noqa: E402
 
-from onnxq import progress  # noqa: E402
+from onnxq.base import progress  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_DIR = REPO.parent / "shared" / "data" / "imagenet-sample"
@@ -39,7 +39,7 @@ def seed_results() -> str:
 
 @pytest.fixture(scope="session")
 def sample_images(sample_dir):
-    from onnxq import data
+    from onnxq.io import data
 
     return data.find_images(sample_dir)
 

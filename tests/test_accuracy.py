@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from onnxq import evaluate, modelio
-from onnxq.config import QuantConfig
-from onnxq.quantize import quantize
-from onnxq.schemes import Scheme
+from onnxq.core.config import QuantConfig
+from onnxq.core.schemes import Scheme
+from onnxq.pipeline import modelio
+from onnxq.pipeline.quantize import quantize
+from onnxq.reporting import evaluate
 
 pytestmark = pytest.mark.slow
 

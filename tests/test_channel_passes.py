@@ -10,20 +10,20 @@ import onnx_ir as ir
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from onnx import TensorProto, helper, numpy_helper
-
-from onnxq import channels, equivalence, modelio
-from onnxq.channel_statistics import ChannelStatistics, statistics_on_inputs
-from onnxq.constants import AUTO, REORDER_KEYS
-from onnxq.config import QuantConfig
 from onnxq.passes.reorder import ReorderPass
 from onnxq.passes.smooth import SmoothPass
-from onnxq.metadata import PREPROCESSING as PREPROCESSING_KEY
-from onnxq.quantize import quantize
-from onnxq.schemes import Scheme
 from random_cnns import ACTIVATIONS, BLOCKS, HEADS, random_cnn
 from tiny_models import TINY_PREPROCESSING, tiny_cnn
+
+from onnxq.analysis import channels, equivalence
+from onnxq.base.constants import AUTO, REORDER_KEYS
+from onnxq.base.metadata import PREPROCESSING as PREPROCESSING_KEY
+from onnxq.calibration.channel_statistics import ChannelStatistics, statistics_on_inputs
+from onnxq.core.config import QuantConfig
+from onnxq.core.schemes import Scheme
+from onnxq.pipeline import modelio
+from onnxq.pipeline.quantize import quantize
 
 W4_GROUPS = Scheme.parse("per-group-affine", bits=4, group_size=2)
 A4 = Scheme.parse("per-tensor-affine", bits=4)

@@ -7,9 +7,10 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
-from onnxq import channels, modelio
 from tiny_models import tiny_cnn
+
+from onnxq.analysis import channels
+from onnxq.pipeline import modelio
 
 
 def _load(proto: onnx.ModelProto) -> ir.Model:

@@ -9,8 +9,10 @@ import sys
 import onnx
 import pytest
 
-from onnxq import data, evaluate, modelio
-from onnxq.preprocessing import PRESETS
+from onnxq.io import data
+from onnxq.io.preprocessing import PRESETS
+from onnxq.pipeline import modelio
+from onnxq.reporting import evaluate
 
 
 def onnxq(*args, cwd=None):

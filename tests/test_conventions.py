@@ -18,9 +18,9 @@ import pytest
 from onnx import TensorProto
 from onnxruntime.quantization import quant_utils
 
-from onnxq import quant_math
-from onnxq.weight_quantization import quantize_weight
-from onnxq.schemes import Scheme
+from onnxq.core import quant_math
+from onnxq.core.schemes import Scheme
+from onnxq.core.weight_quantization import quantize_weight
 
 BITS = range(2, 9)
 

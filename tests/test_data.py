@@ -3,9 +3,9 @@ import shutil
 import numpy as np
 import pytest
 
-from onnxq import data
-from onnxq.errors import OnnxqError
-from onnxq.preprocessing import PRESETS, Preprocessing
+from onnxq.base.errors import OnnxqError
+from onnxq.io import data
+from onnxq.io.preprocessing import PRESETS, Preprocessing
 
 
 def test_flat_wnid_layout(sample_images):

@@ -10,15 +10,15 @@ import sys
 
 import pytest
 
-from onnxq import modelio
-from onnxq import metadata
-from onnxq.config import QuantConfig
-from onnxq.demo import demo_config
-from onnxq.errors import OnnxqError
-from onnxq.experiment import run_row
-from onnxq.quantize import quantize
-from onnxq.schemes import Scheme
-from onnxq.spec import build_config
+from onnxq.base import metadata
+from onnxq.base.errors import OnnxqError
+from onnxq.core.config import QuantConfig
+from onnxq.core.schemes import Scheme
+from onnxq.experiments.demo import demo_config
+from onnxq.experiments.experiment import run_row
+from onnxq.experiments.spec import build_config
+from onnxq.pipeline import modelio
+from onnxq.pipeline.quantize import quantize
 
 CALIBRATION = 8
 

@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
-
 from markdown_tables import parse_tables
-from onnxq import modelio
-from onnxq.config import QuantConfig
+
+from onnxq.core.config import QuantConfig
+from onnxq.pipeline import modelio
 
 
 @pytest.mark.slow

@@ -11,15 +11,17 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-
-from onnxq import evaluate, modelio, runtime
-from onnxq.config import QuantConfig
-from onnxq.deploy import deploy
 from onnxq.passes import FoldWeightDequantizePass
-from onnxq.quantize import quantize
-from onnxq.schemes import Scheme
 from test_placement import optimized_op_counts
 from tiny_models import TINY_PREPROCESSING
+
+from onnxq.core.config import QuantConfig
+from onnxq.core.schemes import Scheme
+from onnxq.io import runtime
+from onnxq.pipeline import modelio
+from onnxq.pipeline.deploy import deploy
+from onnxq.pipeline.quantize import quantize
+from onnxq.reporting import evaluate
 
 A8 = Scheme.parse("per-tensor-affine", bits=8)
 WEIGHT_SCHEMES = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from onnxq.evaluate import EvalResult
+from onnxq.reporting.evaluate import EvalResult
 
 
 def result(predictions: tuple[int, ...]) -> EvalResult:

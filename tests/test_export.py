@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
-from onnxq import modelio
-from onnxq.errors import OnnxqError
 from onnxq.models.export import export_model
+
+from onnxq.base.errors import OnnxqError
+from onnxq.pipeline import modelio
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from onnxq import cli, outputs, preprocessing
+from onnxq import cli
+from onnxq.base import outputs
+from onnxq.io import preprocessing
 
 EXISTING = b"an earlier output that must survive"
 
@@ -44,18 +46,18 @@ def _read_only(monkeypatch):
 
 
 def _unlistable(monkeypatch):
-    import onnxq.data
+    import onnxq.io.data
 
-    monkeypatch.setattr(onnxq.data, "_listable", lambda folder: False)
+    monkeypatch.setattr(onnxq.io.data, "_listable", lambda folder: False)
 
 
 def _singular_moments(monkeypatch):
-    import onnxq.rounding
+    import onnxq.core.rounding
 
     def singular(*args):
         raise np.linalg.LinAlgError("the layer's input second moment is not positive definite")
 
-    monkeypatch.setattr(onnxq.rounding, "_inverse_cholesky", singular)
+    monkeypatch.setattr(onnxq.core.rounding, "_inverse_cholesky", singular)
 
 
 def _small_pixel_limit(monkeypatch):
@@ -207,12 +209,12 @@ def test_failure_is_one_line(case, tmp_path, tiny_path, sample_images, monkeypat
 
 
 def test_unexpected_errors_are_one_line_with_a_debug_hint(tiny_path, tmp_path, monkeypatch, capsys):
-    import onnxq.quantize
+    import onnxq.pipeline.quantize
 
     def broken(*args, **kwargs):
         raise RuntimeError("something onnxq did not foresee\nsecond line")
 
-    monkeypatch.setattr(onnxq.quantize, "quantize", broken)
+    monkeypatch.setattr(onnxq.pipeline.quantize, "quantize", broken)
     status, stderr = run_cli(["quantize", str(tiny_path), "-o", str(tmp_path / "x.onnx"), "--weight-only"],
                              monkeypatch, capsys)
     assert status == 1
@@ -223,12 +225,12 @@ def test_unexpected_errors_are_one_line_with_a_debug_hint(tiny_path, tmp_path, m
 
 
 def test_ctrl_c_prints_interrupted_and_exits_130(tiny_path, tmp_path, monkeypatch, capsys):
-    import onnxq.data
+    import onnxq.io.data
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(onnxq.data, "find_images", interrupted)
+    monkeypatch.setattr(onnxq.io.data, "find_images", interrupted)
     status, stderr = run_cli(["quantize", str(tiny_path), "-o", str(tmp_path / "x.onnx"), "--calib", str(tmp_path)],
                              monkeypatch, capsys)
     assert status == 130 and stderr.strip().splitlines()[-1] == "onnxq: interrupted"
@@ -239,7 +241,8 @@ def test_sigterm_during_a_write_leaves_no_temporary(tmp_path):
     target = tmp_path / "model.onnx"
     script = (
         "import os, signal, sys\n"
-        "from onnxq import cli, outputs\n"
+        "from onnxq import cli\n"
+        "from onnxq.base import outputs\n"
         "signal.signal(signal.SIGTERM, cli._terminated)\n"
         "with outputs.atomic_write(sys.argv[1]) as temporary:\n"
         "    temporary.write_bytes(b'partial')\n"

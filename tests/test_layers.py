@@ -12,46 +12,37 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Package → folder, as pyproject's package-dir installs them.
+#: Package → folder, as pyproject's package-dir installs them (subpackages lie in subfolders).
 PACKAGES = {"onnxq": ROOT / "onnxq", "onnxq.passes": ROOT / "passes", "onnxq.models": ROOT / "models"}
 
-#: Layers from the bottom up; a module may import from its own layer and the ones below.
-LAYERS: dict[str, tuple[str, ...]] = {
-    "foundation": ("errors", "metadata", "constants", "outputs", "progress"),
-    "core": (
-        "schemes", "config", "quant_math", "observers", "weight_quantization",
-        "feature_quantization", "rounding", "scale_decomposition",
-    ),
-    "io": ("preprocessing", "data", "runtime"),
-    "analysis": ("graph", "channels", "placement", "plan", "constant_dq", "equivalence"),
-    "calibration": ("calibration", "channel_statistics", "layer_inputs", "quant_error", "cache"),
-    "passes": ("passes",),
-    "pipeline": (
-        "modelio", "channel_rewrites", "layer_rounding", "pass_selection", "quantize", "deploy",
-    ),
-    "models": ("models",),
-    "reporting": ("evaluate", "accounting", "report"),
-    "experiments": ("experiment", "spec", "tables", "plots", "sweep", "demo"),
-    "interface": ("__init__", "__main__", "entry", "failures", "cli"),
-}
+#: Layers from the bottom up, each a subpackage of ``onnxq`` (``interface``: the modules at the
+#: top of the package). A module may import from its own layer and the ones below.
+LAYERS = (
+    "base", "core", "io", "analysis", "calibration", "passes", "pipeline", "models", "reporting",
+    "experiments", "interface",
+)
 
 
 def module_names() -> dict[str, Path]:
     modules = {}
     for package, folder in PACKAGES.items():
-        for path in folder.glob("*.py"):
-            modules[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+        for path in folder.rglob("*.py"):
+            parts = [package, *path.relative_to(folder).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
     return modules
 
 
 def layer_of(module: str) -> int:
-    """Rank of ``module``'s layer (``onnxq.passes.smooth`` → the rank of ``passes``)."""
+    """Rank of ``module``'s layer: its subpackage (``onnxq.passes.smooth`` → ``passes``), or
+    ``interface`` for a module at the top of the package."""
     parts = module.split(".")
-    key = parts[1] if len(parts) > 1 else "__init__"
-    for rank, members in enumerate(LAYERS.values()):
-        if key in members:
-            return rank
-    raise AssertionError(f"{module} has no layer in tests/test_layers.py")
+    if len(parts) == 1 or (len(parts) == 2 and parts[1] not in LAYERS):
+        return LAYERS.index("interface")
+    if parts[1] not in LAYERS:
+        raise AssertionError(f"{module} lies in no layer of tests/test_layers.py")
+    return LAYERS.index(parts[1])
 
 
 def imports(path: Path, modules: dict[str, Path]) -> set[str]:
@@ -77,10 +68,17 @@ def test_every_module_has_a_layer():
         layer_of(name)
 
 
+def test_every_layer_is_a_subpackage():
+    folders = {p.name for p in (ROOT / "onnxq").iterdir() if (p / "__init__.py").exists()}
+    assert folders | {"passes", "models", "interface"} == set(LAYERS)
+    assert not [p for p in (ROOT / "onnxq").iterdir() if p.is_dir() and p.name not in folders
+                and p.name != "__pycache__"]
+
+
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_no_import_from_a_higher_layer(module):
     rank = layer_of(module)
-    names = list(LAYERS)
+    names = LAYERS
     upward = sorted(t for t in GRAPH[module] if layer_of(t) > rank)
     assert not upward, (
         f"{module} ({names[rank]}) imports from higher layers: "
@@ -108,5 +106,13 @@ def test_no_import_cycles():
 
 def test_the_checks_see_function_level_imports(tmp_path):
     source = tmp_path / "probe.py"
-    source.write_text("def f():\n    from onnxq.cli import main\n    import onnxq.sweep\n")
-    assert imports(source, MODULES) == {"onnxq.cli", "onnxq.sweep"}
+    source.write_text(
+        "def f():\n    from onnxq.cli import main\n    import onnxq.experiments.sweep\n"
+        "    from onnxq.reporting import report\n"
+    )
+    assert imports(source, MODULES) == {
+        "onnxq.cli", "onnxq.experiments.sweep", "onnxq.reporting", "onnxq.reporting.report"
+    }
+    assert [LAYERS[layer_of(m)] for m in sorted(imports(source, MODULES))] == [
+        "interface", "experiments", "reporting", "reporting"
+    ]

@@ -3,10 +3,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import helper
-
-from onnxq import modelio
-from onnxq.errors import OnnxqError
 from tiny_models import tiny_cnn
+
+from onnxq.base.errors import OnnxqError
+from onnxq.pipeline import modelio
 
 
 def _run(model_bytes, x):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from onnxq import observers, quant_math
-from onnxq.schemes import Scheme
+from onnxq.core import observers, quant_math
+from onnxq.core.schemes import Scheme
 
 
 def _error(values, lo, hi, scheme):

@@ -9,15 +9,20 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from onnxq import modelio, pass_selection
-from onnxq import quantize as quantize_module
-from onnxq import metadata
-from onnxq.config import QuantConfig
-from onnxq.pass_selection import Candidate, automatic_passes, choose, with_passes
-from onnxq.accounting import account
-from onnxq.quantize import quantize
-from onnxq.report import summary_lines
-from onnxq.schemes import Scheme
+from onnxq.base import metadata
+from onnxq.core.config import QuantConfig
+from onnxq.core.schemes import Scheme
+from onnxq.pipeline import modelio, pass_selection
+from onnxq.pipeline import quantize as quantize_module
+from onnxq.pipeline.pass_selection import (
+    Candidate,
+    automatic_passes,
+    choose,
+    with_passes,
+)
+from onnxq.pipeline.quantize import quantize
+from onnxq.reporting.accounting import account
+from onnxq.reporting.report import summary_lines
 
 W4A8 = QuantConfig(
     weights=Scheme.parse("per-group-affine", bits=4, group_size=2),

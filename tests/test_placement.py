@@ -9,13 +9,13 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-
-from onnxq import modelio
-from onnxq.config import QuantConfig
-from onnxq.errors import OnnxqError
-from onnxq.quantize import quantize
-from onnxq.schemes import Scheme
 from tiny_models import TINY_PREPROCESSING
+
+from onnxq.base.errors import OnnxqError
+from onnxq.core.config import QuantConfig
+from onnxq.core.schemes import Scheme
+from onnxq.pipeline import modelio
+from onnxq.pipeline.quantize import quantize
 
 W8 = Scheme.parse("per-channel-symmetric", bits=8)
 A8 = Scheme.parse("per-tensor-affine", bits=8)
@@ -126,7 +126,7 @@ def test_auto_placement_fuses_w8a8_only():
 
 @pytest.mark.slow
 def test_efficientnet_w8a8_fused_runs_as_integer_kernels(effnet_path, sample_images, tmp_path):
-    from onnxq import evaluate
+    from onnxq.reporting import evaluate
 
     calibration, held_out = sample_images.split(64, seed=1)
     held_out = held_out.head(128)

@@ -7,12 +7,13 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-
-from onnxq import modelio, quant_math
-from onnxq.config import QuantConfig
-from onnxq.quantize import quantize
-from onnxq.schemes import Granularity, Scheme, scheme_names
 from tiny_models import TINY_PREPROCESSING
+
+from onnxq.core import quant_math
+from onnxq.core.config import QuantConfig
+from onnxq.core.schemes import Granularity, Scheme, scheme_names
+from onnxq.pipeline import modelio
+from onnxq.pipeline.quantize import quantize
 
 BITS = range(2, 9)
 GROUP_SIZE = 3  # does not divide 8 or 16 input channels: exercises the short last group

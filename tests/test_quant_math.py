@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from onnxq import quant_math
+from onnxq.core import quant_math
 
 
 @pytest.mark.parametrize(

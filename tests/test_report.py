@@ -13,10 +13,11 @@ import onnx
 import pytest
 from markdown_tables import parse_tables
 
-from onnxq import accounting, modelio
-from onnxq.config import QuantConfig
-from onnxq.quantize import quantize
-from onnxq.schemes import Scheme
+from onnxq.core.config import QuantConfig
+from onnxq.core.schemes import Scheme
+from onnxq.pipeline import modelio
+from onnxq.pipeline.quantize import quantize
+from onnxq.reporting import accounting
 
 # Tiny CNN layers: name → (elements, output channels, input channels, kernel elements).
 TINY = {
@@ -112,7 +113,10 @@ def test_structure_alone_gives_the_same_accounting(tiny_path):
 
 def test_onnxruntime_quantizer_output(tiny_path, tmp_path):
     from onnxruntime.quantization import (
-        CalibrationDataReader, QuantFormat, QuantType, quantize_static,
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
     )
 
     class Reader(CalibrationDataReader):
@@ -147,7 +151,7 @@ def test_features_and_channel_sets(tiny_path, sample_images):
     report = accounting.account(model)
     assert report.feature_schemes() == {"8-bit per-tensor-affine (minmax)": 5}
     assert report.channel_sets and report.config["reorder"] == "weight-max"
-    from onnxq.report import summary_lines
+    from onnxq.reporting.report import summary_lines
 
     assert any(line.startswith("channel sets: ") for line in summary_lines(report))
 

@@ -11,19 +11,27 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
-from onnxq import data, evaluate, modelio, quant_math
-from onnxq.config import QuantConfig
-from onnxq.layer_inputs import InputStatistics, LayerGeometry, patch_sums, patches
-from onnxq.layer_rounding import LayerRounding
 from onnxq.passes import CorrectBiasPass
-from onnxq.weight_quantization import quantize_weight
-from onnxq.plan import make_plan
-from onnxq.quantize import quantize
-from onnxq.rounding import gptq_codes, output_error
-from onnxq.schemes import Granularity, Scheme
 from test_cli import assert_user_error, onnxq
 from tiny_models import TINY_PREPROCESSING
+
+from onnxq.analysis.plan import make_plan
+from onnxq.calibration.layer_inputs import (
+    InputStatistics,
+    LayerGeometry,
+    patch_sums,
+    patches,
+)
+from onnxq.core import quant_math
+from onnxq.core.config import QuantConfig
+from onnxq.core.rounding import gptq_codes, output_error
+from onnxq.core.schemes import Granularity, Scheme
+from onnxq.core.weight_quantization import quantize_weight
+from onnxq.io import data
+from onnxq.pipeline import modelio
+from onnxq.pipeline.layer_rounding import LayerRounding
+from onnxq.pipeline.quantize import quantize
+from onnxq.reporting import evaluate
 
 CALIBRATION = 24
 

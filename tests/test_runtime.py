@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import onnxruntime as ort
 import pytest
-
-from onnxq import runtime
-from onnxq.errors import OnnxqError
-
 from tiny_models import tiny_cnn
+
+from onnxq.base.errors import OnnxqError
+from onnxq.io import runtime
 
 
 @pytest.fixture

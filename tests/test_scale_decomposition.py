@@ -12,13 +12,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxq import layer_rounding, modelio, quant_math
-from onnxq.config import QuantConfig
-from onnxq.errors import OnnxqError
-from onnxq.weight_quantization import quantize_weight
-from onnxq.quantize import quantize
-from onnxq.scale_decomposition import decompose_scales, group_zero_points, offset_range
-from onnxq.schemes import Scheme
+from onnxq.base.errors import OnnxqError
+from onnxq.core import quant_math
+from onnxq.core.config import QuantConfig
+from onnxq.core.scale_decomposition import (
+    decompose_scales,
+    group_zero_points,
+    offset_range,
+)
+from onnxq.core.schemes import Scheme
+from onnxq.core.weight_quantization import quantize_weight
+from onnxq.pipeline import layer_rounding, modelio
+from onnxq.pipeline.quantize import quantize
 
 GROUP_SIZE = 3  # tiny CNN: conv2 (8 inputs) and pw4/fc (16 inputs) get 3 and 6 groups per channel
 
@@ -248,7 +253,7 @@ def test_config_checks_and_old_dicts():
 def test_decomposed_efficientnet_keeps_its_accuracy(effnet_path, sample_images):
     """4-bit per-group gs 8 weights (depthwise, first and last layers at 8 bits) on real images:
     decomposing the scales costs about nothing in top-1."""
-    from onnxq import evaluate
+    from onnxq.reporting import evaluate
 
     depthwise = tuple(
         node.name for node in modelio.load_model(effnet_path).graph

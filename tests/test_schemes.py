@@ -1,7 +1,7 @@
 import pytest
 
-from onnxq.errors import OnnxqError
-from onnxq.schemes import Granularity, Observer, Scheme, scheme_names
+from onnxq.base.errors import OnnxqError
+from onnxq.core.schemes import Granularity, Observer, Scheme, scheme_names
 
 
 @pytest.mark.parametrize("name", scheme_names())

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from markdown_tables import parse_tables
 
-from onnxq.config import QuantConfig
-from onnxq.errors import OnnxqError
-from onnxq.schemes import Granularity
-from onnxq.spec import Run, build_config, config_keys, load_spec
+from onnxq.base.errors import OnnxqError
+from onnxq.core.config import QuantConfig
+from onnxq.core.schemes import Granularity
+from onnxq.experiments.spec import Run, build_config, config_keys, load_spec
 
 if sys.version_info >= (3, 11):
     import tomllib

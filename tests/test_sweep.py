@@ -11,17 +11,17 @@ from pathlib import Path
 import onnx
 import pytest
 from markdown_tables import parse_tables
+from onnxq.models.export import exported_model
 from tiny_models import tiny_cnn
 
-from onnxq import data
-from onnxq.cache import CalibrationCache
-from onnxq.models.export import exported_model
-from onnxq.config import QuantConfig
-from onnxq.errors import OnnxqError
-from onnxq.plots import Point, plot_accuracy_vs_bits
-from onnxq.schemes import Scheme
-from onnxq.sweep import ResultsFile, SweepOptions, run_sweep, series_label
-from onnxq.tables import format_accuracy
+from onnxq.base.errors import OnnxqError
+from onnxq.calibration.cache import CalibrationCache
+from onnxq.core.config import QuantConfig
+from onnxq.core.schemes import Scheme
+from onnxq.experiments.plots import Point, plot_accuracy_vs_bits
+from onnxq.experiments.sweep import ResultsFile, SweepOptions, run_sweep, series_label
+from onnxq.experiments.tables import format_accuracy
+from onnxq.io import data
 
 SPEC = """
 title = "Test sweep"
@@ -227,8 +227,8 @@ def test_sweep_user_errors(tmp_path, tiny_imagenet_path, sample_dir):
 
 
 def test_calibration_cache_round_trip(tmp_path, tiny_path, sample_images):
-    from onnxq import modelio
-    from onnxq.quantize import quantize
+    from onnxq.pipeline import modelio
+    from onnxq.pipeline.quantize import quantize
 
     config = QuantConfig(
         weights=Scheme.parse("per-group-affine", bits=4, group_size=4),

@@ -7,10 +7,9 @@ import re
 import pytest
 from markdown_tables import parse_tables
 
-from onnxq.config import QuantConfig
-from onnxq.evaluate import EvalResult
-from onnxq.schemes import Scheme
-from onnxq.tables import (
+from onnxq.core.config import QuantConfig
+from onnxq.core.schemes import Scheme
+from onnxq.experiments.tables import (
     HEADER,
     SWEEP_HEADER,
     Reference,
@@ -19,6 +18,7 @@ from onnxq.tables import (
     format_wbit,
     markdown_table,
 )
+from onnxq.reporting.evaluate import EvalResult
 
 _WITH_REFERENCE = re.compile(r"^(?P<value>\d+(?:\.\d+)?)\((?P<reference>[+-]?\d+(?:\.\d+)?)\)$")
 

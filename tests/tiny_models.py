@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq import metadata
-from onnxq.preprocessing import Preprocessing
+from onnxq.base import metadata
+from onnxq.io.preprocessing import Preprocessing
 
 TINY_PREPROCESSING = Preprocessing(resize=36, crop=32)
 

@@ -30,15 +30,18 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-
-from onnxq import data, evaluate, modelio, progress
-from onnxq.config import QuantConfig
-from onnxq.evaluate import EvalResult
-from onnxq.experiment import RowResult, run_row
 from onnxq.models.export import export_model
-from onnxq.pass_selection import Candidate, choose
-from onnxq.schemes import Scheme
-from onnxq.tables import Reference, Row, markdown_table
+
+from onnxq.base import progress
+from onnxq.core.config import QuantConfig
+from onnxq.core.schemes import Scheme
+from onnxq.experiments.experiment import RowResult, run_row
+from onnxq.experiments.tables import Reference, Row, markdown_table
+from onnxq.io import data
+from onnxq.pipeline import modelio
+from onnxq.pipeline.pass_selection import Candidate, choose
+from onnxq.reporting import evaluate
+from onnxq.reporting.evaluate import EvalResult
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet_lite0"

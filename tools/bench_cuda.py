@@ -13,7 +13,7 @@ and the script reports:
   CPU (from its profiler).
 
 CUDA sessions fold the constant weight DequantizeLinear nodes at load (see
-``onnxq.runtime.FOLD_WEIGHTS_AT_LOAD``), so the node counts are those of the folded graph.
+``onnxq.io.runtime.FOLD_WEIGHTS_AT_LOAD``), so the node counts are those of the folded graph.
 
 Prints markdown for BENCHMARKS.md and writes the numbers to WORKDIR/cuda.json.
 
@@ -34,9 +34,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from onnxq import data, demo, evaluate, modelio, progress, runtime
-from onnxq.config import QuantConfig
-from onnxq.quantize import quantize_file
+from onnxq.base import progress
+from onnxq.core.config import QuantConfig
+from onnxq.experiments import demo
+from onnxq.io import data, runtime
+from onnxq.pipeline import modelio
+from onnxq.pipeline.quantize import quantize_file
+from onnxq.reporting import evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION_IMAGES = 128

@@ -21,14 +21,18 @@ import argparse
 import time
 from pathlib import Path
 
-from onnxq import data, evaluate, modelio, progress
-from onnxq.accounting import account
-from onnxq.cache import CalibrationCache
-from onnxq.config import QuantConfig
-from onnxq.experiment import run_row
 from onnxq.models.export import export_model
-from onnxq.schemes import Scheme
-from onnxq.tables import HEADER, Reference, Row, markdown_table
+
+from onnxq.base import progress
+from onnxq.calibration.cache import CalibrationCache
+from onnxq.core.config import QuantConfig
+from onnxq.core.schemes import Scheme
+from onnxq.experiments.experiment import run_row
+from onnxq.experiments.tables import HEADER, Reference, Row, markdown_table
+from onnxq.io import data
+from onnxq.pipeline import modelio
+from onnxq.reporting import evaluate
+from onnxq.reporting.accounting import account
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet_lite0"

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
+from onnxq.models.export import export_model
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -40,15 +41,17 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from onnxq import accounting, data, evaluate, modelio, progress, runtime
-from onnxq.calibration import CALIBRATION_BATCH
-from onnxq.config import QuantConfig
-from onnxq.deploy import deploy
-from onnxq.errors import OnnxqError
-from onnxq.experiment import in_fresh_process
-from onnxq.models.export import export_model
-from onnxq.quantize import quantize_file
-from onnxq.schemes import Scheme
+from onnxq.base import progress
+from onnxq.base.errors import OnnxqError
+from onnxq.calibration.streaming import CALIBRATION_BATCH
+from onnxq.core.config import QuantConfig
+from onnxq.core.schemes import Scheme
+from onnxq.experiments.experiment import in_fresh_process
+from onnxq.io import data, runtime
+from onnxq.pipeline import modelio
+from onnxq.pipeline.deploy import deploy
+from onnxq.pipeline.quantize import quantize_file
+from onnxq.reporting import accounting, evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION_IMAGES = 128

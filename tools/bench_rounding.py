@@ -18,13 +18,16 @@ import platform
 from pathlib import Path
 
 import onnxruntime
-
-from onnxq import accounting, data, evaluate, modelio, progress
-from onnxq.config import QuantConfig
-from onnxq.experiment import in_fresh_process
 from onnxq.models.export import export_model
-from onnxq.quantize import quantize_file
-from onnxq.schemes import Scheme
+
+from onnxq.base import progress
+from onnxq.core.config import QuantConfig
+from onnxq.core.schemes import Scheme
+from onnxq.experiments.experiment import in_fresh_process
+from onnxq.io import data
+from onnxq.pipeline import modelio
+from onnxq.pipeline.quantize import quantize_file
+from onnxq.reporting import accounting, evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION = 128

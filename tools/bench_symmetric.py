@@ -16,12 +16,15 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-
-from onnxq import data, evaluate, modelio, progress
-from onnxq.config import QuantConfig
 from onnxq.models.export import export_model
-from onnxq.quantize import quantize
-from onnxq.schemes import Scheme
+
+from onnxq.base import progress
+from onnxq.core.config import QuantConfig
+from onnxq.core.schemes import Scheme
+from onnxq.io import data
+from onnxq.pipeline import modelio
+from onnxq.pipeline.quantize import quantize
+from onnxq.reporting import evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION_IMAGES = 128

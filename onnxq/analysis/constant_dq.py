@@ -1,0 +1,103 @@
+"""DequantizeLinear nodes on constant codes (quantized weights), read back in numpy.
+
+``dequantize_constant`` computes exactly what ONNX Runtime's DequantizeLinear computes,
+``float32(q - zero_point) * scale`` with the scale broadcast per tensor, per axis or per block,
+so a folded weight is bit for bit the value the quantized graph feeds its layer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq.core import quant_math
+
+
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value of a constant, or of a constant DequantizeLinear's output (decomposed scales)."""
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    producer = value.producer()
+    if producer is not None and is_constant_dequantize(producer):
+        return dequantize_constant(producer)
+    return None
+
+
+def is_constant_dequantize(node: ir.Node) -> bool:
+    """A DequantizeLinear whose inputs are all constants (or constant DequantizeLinear outputs)."""
+    return node.op_type == "DequantizeLinear" and all(
+        value is None or value.const_value is not None or _from_constant_dequantize(value)
+        for value in node.inputs
+    )
+
+
+def _from_constant_dequantize(value: ir.Value) -> bool:
+    producer = value.producer()
+    return producer is not None and is_constant_dequantize(producer)
+
+
+def is_plain_int8(node: ir.Node) -> bool:
+    """Int8 codes, zero point 0, per tensor or per axis: what integer kernels read directly."""
+    zero_point = constant_array(node.inputs[2]) if len(node.inputs) > 2 else None
+    return (
+        node.inputs[0].dtype == ir.DataType.INT8
+        and not node.attributes.get_int("block_size", 0)
+        and (zero_point is None or not zero_point.any())
+    )
+
+
+def _parameters(node: ir.Node) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    codes = constant_array(node.inputs[0]).astype(np.int32)
+    scale = constant_array(node.inputs[1]).astype(np.float32)
+    zero_point = constant_array(node.inputs[2]) if len(node.inputs) > 2 else None
+    if zero_point is None:
+        return codes, scale, np.zeros(scale.shape, np.int32)
+    return codes, scale, zero_point.astype(np.int32)
+
+
+def _axis(node: ir.Node, rank: int) -> int:
+    axis = node.attributes.get_int("axis", 1)
+    return axis + rank if axis < 0 else axis
+
+
+def _broadcast(node: ir.Node, codes: np.ndarray, parameter: np.ndarray) -> np.ndarray:
+    """A scale or zero point laid out to broadcast against ``codes``."""
+    if parameter.ndim == 0:
+        return parameter
+    axis = _axis(node, codes.ndim)
+    block_size = node.attributes.get_int("block_size", 0)
+    if block_size:
+        repeated = np.repeat(parameter, block_size, axis=axis)
+        return np.take(repeated, np.arange(codes.shape[axis]), axis=axis)
+    shape = [1] * codes.ndim
+    shape[axis] = -1
+    return parameter.reshape(shape)
+
+
+def dequantize_constant(node: ir.Node) -> np.ndarray:
+    """The float32 tensor a constant DequantizeLinear produces."""
+    codes, scale, zero_point = _parameters(node)
+    return quant_math.dequantize(
+        codes, _broadcast(node, codes, scale), _broadcast(node, codes, zero_point)
+    )
+
+
+def row_scales(node: ir.Node) -> tuple[np.ndarray, np.ndarray, int | None] | None:
+    """``(codes − zero point, scale, axis)`` when one scale covers each slice along ``axis``.
+
+    True for per-tensor (axis None, scalar scale), per-axis and blocked parameters with one
+    block per row; None for blocks that split a row (per-group weights).
+    """
+    codes, scale, zero_point = _parameters(node)
+    centred = codes - _broadcast(node, codes, zero_point)
+    if scale.size == 1:
+        return centred, scale.reshape(()), None
+    axis = _axis(node, codes.ndim)
+    block_size = node.attributes.get_int("block_size", 0)
+    if not block_size:
+        return centred, scale.reshape(-1), axis
+    if codes.ndim != 2 or block_size < codes.shape[axis]:
+        return None
+    return centred, scale.reshape(-1), 1 - axis

@@ -1,0 +1,1 @@
+"""Foundation: errors, metadata keys, shared constants, output and progress helpers."""

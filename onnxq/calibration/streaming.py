@@ -1,0 +1,80 @@
+"""Calibration: run the float model on images and stream its features into observers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq.base import progress
+from onnxq.core.observers import FeatureObserver, make_feature_observer
+from onnxq.core.schemes import Scheme
+from onnxq.io import data, runtime
+from onnxq.io.preprocessing import Preprocessing
+
+#: Images per calibration batch. Every observed feature of a batch is alive at once (about
+#: 100 MiB per image for EfficientNet-Lite0), so small batches keep peak memory low; ONNX
+#: Runtime's CPU throughput barely depends on the batch size.
+CALIBRATION_BATCH = 4
+
+
+def collect(
+    model: ir.Model,
+    schemes: Mapping[str, Scheme],
+    images: data.ImageSet,
+    preprocessing: Preprocessing,
+    batch_size: int = CALIBRATION_BATCH,
+    ep: str = "auto",
+    make_observer: Callable[[Scheme], FeatureObserver] = make_feature_observer,
+) -> dict[str, FeatureObserver]:
+    """Observe the tensors named in ``schemes`` over ``images``, one batch at a time.
+
+    The tensors become extra outputs of a temporary copy of the graph; each batch's values go
+    straight into the observers (``make_observer(scheme)``) and are dropped, so memory does not
+    grow with the image count.
+    """
+    observers = {name: make_observer(scheme) for name, scheme in schemes.items()}
+    if not observers:
+        return observers
+    for outputs in stream(model, list(observers), images, preprocessing, batch_size, ep):
+        for name, observer in observers.items():
+            observer.update(outputs[name])
+    return observers
+
+
+def stream(
+    model: ir.Model,
+    names: Sequence[str],
+    images: data.ImageSet,
+    preprocessing: Preprocessing,
+    batch_size: int = CALIBRATION_BATCH,
+    ep: str = "auto",
+    description: str = "calibrating",
+) -> Iterator[dict[str, np.ndarray]]:
+    """The values of the tensors ``names`` (the model input among them, if named) per batch."""
+    session = session_with_outputs(model, list(names), ep)
+    input_name = session.get_inputs()[0].name
+    fetched = [name for name in names if name != input_name]
+    batches = data.iter_batches(images, preprocessing, batch_size)
+    for pixels, _ in progress.track(batches, description, len(images), lambda b: len(b[0])):
+        outputs = dict(zip(fetched, session.run(fetched, {input_name: pixels})))
+        outputs[input_name] = pixels
+        yield outputs
+
+
+def session_with_outputs(model: ir.Model, names: list[str], ep: str):
+    """A session over ``model`` that also returns the tensors ``names``.
+
+    Without ONNX Runtime's memory pattern planning: with it, peak memory rose by up to 20% from
+    64 to 500 calibration images (EfficientNet-Lite0, W8A8); without it, by 2%, at the same
+    speed.
+    """
+    values = {v.name: v for node in model.graph for v in node.outputs}
+    extra = [values[name] for name in names if name in values and not values[name].is_graph_output()]
+    model.graph.outputs.extend(extra)
+    try:
+        return runtime.create_session(model, ep, memory_pattern=False)
+    finally:
+        for _ in extra:
+            model.graph.outputs.pop()

@@ -1,0 +1,2 @@
+"""Numeric core: schemes, configuration, quantization math, observers, weight and feature
+parameters, rounding and scale decomposition."""

@@ -1,0 +1,123 @@
+"""Choosing integer codes on a fixed quantization grid so that a layer's output changes least.
+
+Round-to-nearest minimises ``‖W − Ŵ‖²``; what matters is the layer output, ``‖(W − Ŵ) X‖²``
+over the layer's inputs ``X``, i.e. ``tr(ΔW H ΔWᵀ)`` with ``H = E[x xᵀ]`` (see
+``onnxq.calibration.layer_inputs``). ``gptq_codes`` rounds one input column at a time and spreads each
+column's rounding error over the columns not yet rounded, through the Cholesky factor of ``H⁻¹``
+(optimal brain quantization, as in GPTQ). The grid (scale and zero point of every weight) is
+given and never changes, so the result is stored exactly like a round-to-nearest weight.
+
+Arrays are laid out ``[g, R, D]``: ``g`` Conv groups (1 for dense layers, one per channel for
+depthwise ones), ``R`` output channels per group, ``D`` inputs per output (``(C/g)·kh·kw``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxq.core import quant_math
+
+#: Columns updated eagerly before the rest of the weight gets one matrix-product update.
+_LAZY_BLOCK = 128
+
+
+def output_error(delta: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+    """``E‖ΔW x‖²`` per group: ``tr(ΔW H ΔWᵀ)`` for ``delta [g, R, D]`` and ``hessian [g, D, D]``."""
+    delta = np.asarray(delta, dtype=np.float64)
+    return np.einsum("grd,gde,gre->g", delta, hessian, delta)
+
+
+def shrink_to_diagonal(hessian: np.ndarray, samples: int, strength: float = 2.0) -> np.ndarray:
+    """``(1 − λ) H + λ diag(H)`` with ``λ = min(1, strength · D / samples)``.
+
+    A ``D × D`` second moment estimated from few samples per dimension has spurious
+    off-diagonal terms that error compensation would fit; shrinking them in proportion to
+    ``D / samples`` keeps well-sampled layers as they are and turns a layer seen on too few
+    samples (a classifier fed one vector per image) back into round-to-nearest.
+    """
+    depth = hessian.shape[-1]
+    weight = min(1.0, strength * depth / max(samples, 1))
+    diagonal = np.diagonal(hessian, axis1=-2, axis2=-1).copy()
+    shrunk = (1.0 - weight) * hessian
+    index = np.arange(depth)
+    shrunk[..., index, index] += weight * diagonal
+    return shrunk
+
+
+def gptq_codes(
+    weight: np.ndarray,
+    hessian: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray,
+    bits: int,
+    signed: bool,
+    restricted: bool = False,
+    damping: float = 0.01,
+    act_order: bool = True,
+) -> np.ndarray:
+    """Integer codes for ``weight [g, R, D]`` on the grid ``scale``/``zero_point`` (same shape).
+
+    Group ``g``'s ``R`` rows all read inputs with second moment ``hessian[g]`` ``[D, D]``.
+    ``damping`` is added to the diagonal as a fraction of its mean; ``act_order`` rounds the
+    columns with the largest input energy first. Each code is rounded as ONNX QuantizeLinear
+    rounds (float32, half to even), so without error to pass on this is round-to-nearest.
+    """
+    order = _column_order(hessian, act_order)
+    work, scale, zero_point = (
+        _take_columns(np.asarray(a, dtype=np.float64), order) for a in (weight, scale, zero_point)
+    )
+    hessian = np.take_along_axis(
+        np.take_along_axis(hessian, order[:, :, None], axis=1), order[:, None, :], axis=2
+    )
+    upper = _inverse_cholesky(hessian, damping)
+    codes = np.empty(work.shape, dtype=np.int32)
+    columns = work.shape[2]
+    for start in range(0, columns, _LAZY_BLOCK):
+        stop = min(start + _LAZY_BLOCK, columns)
+        errors = np.empty(work.shape[:2] + (stop - start,))
+        for column in range(start, stop):
+            step, offset = scale[:, :, column], zero_point[:, :, column]
+            values = work[:, :, column]
+            code = quant_math.quantize(
+                values, step.astype(np.float32), offset, bits, signed, restricted
+            )
+            codes[:, :, column] = code
+            error = (values - (code - offset) * step) / upper[:, column, column][:, None]
+            work[:, :, column:stop] -= error[:, :, None] * upper[:, None, column, column:stop]
+            errors[:, :, column - start] = error
+        work[:, :, stop:] -= np.matmul(errors, upper[:, start:stop, stop:])
+    return _take_columns(codes, np.argsort(order, axis=1))
+
+
+def _column_order(hessian: np.ndarray, act_order: bool) -> np.ndarray:
+    """Per group, the order in which columns are rounded: ``[g, D]``."""
+    groups, depth = hessian.shape[:2]
+    if not act_order:
+        return np.broadcast_to(np.arange(depth), (groups, depth)).copy()
+    diagonal = np.diagonal(hessian, axis1=1, axis2=2)
+    return np.argsort(-diagonal, axis=1, kind="stable")
+
+
+def _take_columns(array: np.ndarray, order: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(array, order[:, None, :], axis=2)
+
+
+def _inverse_cholesky(hessian: np.ndarray, damping: float) -> np.ndarray:
+    """Upper Cholesky factor ``U`` of the damped ``H⁻¹`` (``H⁻¹ = Uᵀ U``), per group.
+
+    Inputs never seen non-zero get a unit diagonal, so their columns round to nearest and pass
+    no error on. Damping grows tenfold until the factorization succeeds.
+    """
+    hessian = np.array(hessian, dtype=np.float64)
+    groups, depth = np.nonzero(np.diagonal(hessian, axis1=1, axis2=2) <= 0)
+    hessian[groups, depth, depth] = 1.0
+    mean = np.diagonal(hessian, axis1=1, axis2=2).mean(axis=1)[:, None, None]
+    identity = np.eye(hessian.shape[1])
+    for attempt in range(6):
+        damped = hessian + (damping * 10**attempt) * mean * identity
+        try:
+            lower = np.linalg.cholesky(np.linalg.inv(damped))
+        except np.linalg.LinAlgError:
+            continue
+        return lower.transpose(0, 2, 1)
+    raise np.linalg.LinAlgError("the layer's input second moment is not positive definite")

@@ -1,0 +1,1 @@
+"""Experiments: sweep specifications, sweeps, tables, plots and the demo."""

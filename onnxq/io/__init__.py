@@ -1,0 +1,1 @@
+"""Inputs and runtimes: image sets, preprocessing, ONNX Runtime sessions."""

@@ -1,0 +1,108 @@
+"""ONNX Runtime sessions: the CUDA execution provider when present, the CPU one otherwise."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import onnx_ir as ir
+import onnxruntime as ort
+
+from onnxq.base.errors import OnnxqError
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+EP_CHOICES = ("auto", "cuda", "cpu")
+#: Session configuration that makes ONNX Runtime fold constant DequantizeLinear nodes (quantized
+#: weights) into float initializers when it loads a model. It also turns off its integer-kernel
+#: (QDQ) fusions, so it suits 4-bit and per-group models, not W8A8 ones on the CPU. CUDA sessions
+#: always use it: the CUDA EP has no integer convolutions (it runs a QDQ model in float either
+#: way) and its DequantizeLinear cannot run blocked 8-bit weights ("Unsupported quantization
+#: type", ONNX Runtime 1.31), which per-group models have wherever a layer is kept at 8 bits.
+FOLD_WEIGHTS_AT_LOAD = {"session.disable_quant_qdq": "1"}
+
+_settings: dict[str, int | None] = {"threads": None}
+
+
+def set_threads(threads: int | None) -> None:
+    """Intra-op threads of the sessions this process creates from now on (None: ORT's choice).
+
+    Several jobs sharing one machine each take a share of its cores instead of all of them.
+    """
+    _settings["threads"] = threads
+
+
+def providers(ep: str = "auto") -> list[str]:
+    """The provider list for ``ep`` (``auto``: CUDA when this onnxruntime build has it)."""
+    if ep not in EP_CHOICES:
+        raise OnnxqError(f"unknown execution provider {ep!r} (choose from {', '.join(EP_CHOICES)})")
+    if ep == "cpu":
+        return [CPU]
+    if CUDA not in ort.get_available_providers():
+        if ep == "cuda":
+            raise OnnxqError(
+                "the CUDA execution provider is not available: install onnxruntime-gpu in place of "
+                "onnxruntime (pip uninstall onnxruntime; pip install 'onnxruntime-gpu[cuda,cudnn]')"
+            )
+        return [CPU]
+    _load_cuda_libraries()
+    return [CUDA, CPU]
+
+
+@functools.cache
+def _load_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the ``nvidia-*`` pip packages (or PyTorch's), once.
+
+    onnxruntime-gpu finds them only on the library path unless ``preload_dlls`` loads them
+    first; without them its CUDA provider fails to load and the session runs on the CPU.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except OSError:
+            pass  # libraries on the system path still work; create_session checks the result
+
+
+def create_session(
+    model: ir.Model | bytes | str,
+    ep: str = "auto",
+    threads: int | None = None,
+    config: Mapping[str, str] | None = None,
+    memory_pattern: bool = True,
+) -> ort.InferenceSession:
+    """An inference session for an in-memory model, serialized bytes or a file path.
+
+    ``config`` holds session configuration entries, e.g. ``FOLD_WEIGHTS_AT_LOAD``.
+    ``memory_pattern=False`` turns off ONNX Runtime's memory pattern planning, which otherwise
+    lets peak memory grow over a long stream of runs that return many intermediate tensors.
+    """
+    if isinstance(model, ir.Model):
+        model = ir.serde.serialize_model(model).SerializeToString()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.enable_mem_pattern = memory_pattern
+    chosen = providers(ep)
+    if CUDA in chosen:
+        config = {**FOLD_WEIGHTS_AT_LOAD, **(config or {})}
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
+    threads = threads or _settings["threads"]
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(model, options, providers=chosen)
+    except (ort.capi.onnxruntime_pybind11_state.Fail, RuntimeError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise OnnxqError(f"ONNX Runtime cannot load the model: {first_line}") from None
+    if ep == "cuda" and active_provider(session) != CUDA:
+        raise OnnxqError(
+            "ONNX Runtime could not start its CUDA execution provider (CUDA 12/13 or cuDNN 9 "
+            "libraries missing? pip install 'onnxruntime-gpu[cuda,cudnn]'); use --ep cpu or auto"
+        )
+    return session
+
+
+def active_provider(session: ort.InferenceSession) -> str:
+    """The provider that runs the session's nodes first (CUDA falls back to CPU silently)."""
+    return session.get_providers()[0]

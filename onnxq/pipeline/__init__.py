@@ -1,0 +1,1 @@
+"""The pipeline: load and check models, channel rewrites, layer rounding, pass selection, quantize, deploy."""

@@ -1,0 +1,224 @@
+"""The quantize job: plan → calibrate → insert Q/DQ → record the configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import onnx_ir as ir
+
+from onnxq import __version__
+from onnxq.analysis.plan import QuantPlan, make_plan
+from onnxq.base import metadata, progress
+from onnxq.base.constants import AUTO
+from onnxq.base.errors import OnnxqError
+from onnxq.calibration import streaming
+from onnxq.calibration.cache import CalibrationCache
+from onnxq.calibration.streaming import CALIBRATION_BATCH
+from onnxq.core.config import QuantConfig
+from onnxq.core.feature_quantization import FeatureParams
+from onnxq.core.weight_quantization import QuantizedWeight, groups_per_channel
+from onnxq.io.data import ImageSet
+from onnxq.io.preprocessing import PRESETS, Preprocessing
+from onnxq.passes import (
+    CorrectBiasPass,
+    DecomposeScalesPass,
+    InsertFeatureQDQPass,
+    QuantizeWeightsPass,
+)
+from onnxq.pipeline import layer_rounding, modelio, pass_selection
+from onnxq.pipeline.channel_rewrites import ChannelSetReport, rewrite_channels
+from onnxq.pipeline.pass_selection import Candidate, automatic_passes, select_passes
+
+
+@dataclasses.dataclass
+class QuantizeResult:
+    """The quantized model and what was done to it."""
+
+    model: ir.Model
+    config: QuantConfig
+    plan: QuantPlan
+    weights: dict[str, QuantizedWeight]
+    features: dict[str, FeatureParams]
+    calibration_images: int
+    seconds: float
+    channel_sets: list[ChannelSetReport] = dataclasses.field(default_factory=list)
+    pass_selection: list[Candidate] = dataclasses.field(default_factory=list)
+
+
+def quantize(
+    model: ir.Model,
+    config: QuantConfig,
+    calibration_images: ImageSet | None = None,
+    preprocessing: Preprocessing | None = None,
+    batch_size: int = CALIBRATION_BATCH,
+    ep: str = "auto",
+    calibration_cache: CalibrationCache | None = None,
+    verify: bool = False,
+    select: bool = True,
+) -> QuantizeResult:
+    """Quantize ``model`` in place as ``config`` says; features are calibrated on the images.
+
+    Stages, in order: (1) function-preserving rewrites of the float model, (2) the plan of
+    weights and features, (3) feature calibration, (4) the Q/DQ passes, (5) metadata.
+    ``calibration_cache`` reuses the feature parameters of an identical earlier calibration.
+    ``verify`` makes the channel passes of stage (1) check that the outputs did not change.
+    ``select`` first probes which automatic channel passes help (``onnxq.pipeline.pass_selection``).
+    Every ``auto`` of ``config`` is resolved first (``QuantConfig.resolved``); the returned and
+    recorded ``config`` is the one applied.
+    """
+    start = time.perf_counter()
+    name = model.graph.name or "the model"
+    modelio.check_float_model(model, name)
+    if calibration_images is not None:  # sessions will run images through it
+        modelio.check_classifier(model, name)
+    config = _resolve(config, calibrated=calibration_images is not None)
+    preprocessing = preprocessing or modelio.get_preprocessing(model) or PRESETS["torchvision"]
+    sample = (
+        calibration_images.sample(config.calib_size, config.seed)
+        if calibration_images is not None
+        else None
+    )
+    selection: list[Candidate] = []
+    if select and sample is not None and automatic_passes(config):
+        progress.status("probing the automatic channel passes on the calibration images")
+        def probe(copy: ir.Model, probe_config: QuantConfig) -> QuantizeResult:
+            return quantize(copy, probe_config, sample, preprocessing, batch_size, ep, select=False)
+
+        chosen, selection = select_passes(model, config, sample, preprocessing, probe, ep)
+        config = chosen.config
+    channel_sets = rewrite_channels(model, config, sample, preprocessing, batch_size, ep, verify)
+    plan = make_plan(model, config)
+    if not plan.weights and not plan.features:
+        raise OnnxqError("nothing to quantize: no Conv, Gemm or MatMul with constant weights")
+    features: dict[str, FeatureParams] = {}
+    if plan.features:
+        if sample is None:
+            raise OnnxqError("quantizing features needs calibration images (--calib DIR)")
+        features = _calibrate(
+            model, plan, sample, preprocessing, batch_size, ep, calibration_cache
+        )
+    rounding = layer_rounding.prepare(model, plan, config, sample, preprocessing, batch_size, ep)
+    choosers = rounding.code_choosers() if rounding is not None else {}
+    scales_pass = _decompose_scales_pass(model, plan, config, choosers)
+    weights_pass = QuantizeWeightsPass(plan.weights, _first_choosers(model, plan, config, choosers))
+    stage4 = [weights_pass, scales_pass, InsertFeatureQDQPass(plan.features, features)]
+    ir.passes.PassManager([p for p in stage4 if p is not None])(model)
+    weights = weights_pass.quantized
+    if scales_pass is not None:
+        for name, decomposed in scales_pass.decomposed.items():
+            weights[name] = decomposed.replace_in(weights[name])
+    if rounding is not None and config.bias_correction:
+        ir.passes.PassManager([CorrectBiasPass(rounding.bias_shifts(weights))])(model)
+    model.metadata_props[metadata.QUANTIZATION] = config.to_json()
+    model.metadata_props[metadata.VERSION] = __version__
+    if selection:
+        model.metadata_props[metadata.PASS_SELECTION] = json.dumps(
+            pass_selection.records(selection)
+        )
+    return QuantizeResult(
+        model,
+        config,
+        plan,
+        weights,
+        features,
+        len(sample) if plan.features or rounding is not None else 0,
+        time.perf_counter() - start,
+        channel_sets=channel_sets,
+        pass_selection=selection,
+    )
+
+
+def _resolve(config: QuantConfig, calibrated: bool) -> QuantConfig:
+    """``config.resolved``, with a note when 4-bit weights lose GPTQ for want of images."""
+    resolved = config.resolved(calibrated)
+    if config.rounding == AUTO and config.weights.bits < 8 and not calibrated:
+        progress.status(
+            f"[yellow]note:[/] {config.weights.bits}-bit weights are rounded to nearest without "
+            "calibration images; --calib DIR enables GPTQ rounding and bias correction."
+        )
+    return resolved
+
+
+def _decompose_scales_pass(
+    model: ir.Model, plan: QuantPlan, config: QuantConfig, choosers: dict | None = None
+) -> DecomposeScalesPass | None:
+    """The scale decomposition ``config`` asks for, given the float weights it starts from
+    (and the code choosers that pick the codes on the decomposed grid)."""
+    if not config.decompose_scales:
+        return None
+    initializers = model.graph.initializers
+    floats = {t.weight: initializers[t.weight].const_value.numpy() for t in plan.weights}
+    return DecomposeScalesPass(floats, config.scale_bits, choosers)
+
+
+def _first_choosers(
+    model: ir.Model, plan: QuantPlan, config: QuantConfig, choosers: dict
+) -> dict:
+    """The code choosers of the weights pass: all of them, except for weights whose scales are
+    decomposed next; those get their codes once, on the decomposed grid (round-to-nearest
+    codes stand in until then)."""
+    if not config.decompose_scales:
+        return choosers
+    initializers = model.graph.initializers
+    decomposed = {
+        target.weight
+        for target in plan.weights
+        if groups_per_channel(initializers[target.weight].shape, target.out_axis, target.scheme) > 1
+    }
+    return {name: chooser for name, chooser in choosers.items() if name not in decomposed}
+
+
+def _calibrate(
+    model: ir.Model,
+    plan: QuantPlan,
+    images: ImageSet,
+    preprocessing: Preprocessing,
+    batch_size: int,
+    ep: str,
+    cache: CalibrationCache | None = None,
+) -> dict[str, FeatureParams]:
+    if cache is not None:
+        key = cache.key(model, plan.features, images, preprocessing, batch_size)
+        if (cached := cache.get(key)) is not None:
+            return cached
+    schemes = {target.tensor: target.scheme for target in plan.features}
+    observers = streaming.collect(model, schemes, images, preprocessing, batch_size, ep)
+    params = {
+        name: FeatureParams.from_group_ranges(*observer.ranges(), observer.channels, schemes[name])
+        for name, observer in observers.items()
+    }
+    if cache is not None:
+        cache.put(key, params)
+    return params
+
+
+def quantize_file(
+    source: str | Path,
+    destination: str | Path,
+    config: QuantConfig,
+    calibration_images: ImageSet | None = None,
+    preprocessing: Preprocessing | None = None,
+    batch_size: int = CALIBRATION_BATCH,
+    ep: str = "auto",
+    verify: bool = False,
+    select: bool = True,
+) -> QuantizeResult:
+    """Load ``source``, quantize it and write ``destination`` (atomically, checker-clean)."""
+    model = modelio.load_model(source)
+    modelio.check_float_model(model, source)
+    if calibration_images is not None:
+        modelio.check_classifier(model, source)
+    if preprocessing is None and modelio.get_preprocessing(model) is None:
+        progress.status(
+            "[yellow]note:[/] the model records no preprocessing; using torchvision's "
+            "(resize 256, crop 224, ImageNet mean/std). Pass --preprocess to change it."
+        )
+    result = quantize(
+        model, config, calibration_images, preprocessing, batch_size, ep, verify=verify,
+        select=select,
+    )
+    modelio.save_model(result.model, destination)
+    return result

@@ -1,0 +1,1 @@
+"""Reporting: evaluation on images, bit accounting, the report command's tables."""

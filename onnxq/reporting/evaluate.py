@@ -1,0 +1,79 @@
+"""Top-1/top-5 accuracy and throughput of a classifier on labelled images."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxq.base import progress
+from onnxq.base.errors import OnnxqError
+from onnxq.io import data, runtime
+from onnxq.io.preprocessing import Preprocessing
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    images: int
+    top1: float  # percent
+    top5: float  # percent
+    images_per_second: float  # inference only (decoding excluded)
+    provider: str
+    predictions: tuple[int, ...] = dataclasses.field(repr=False, default=())
+
+    def to_dict(self) -> dict:
+        result = dataclasses.asdict(self)
+        result.pop("predictions")
+        return result
+
+    def agreement(self, other: EvalResult) -> float:
+        """How often (percent) ``other``, evaluated on the same images, predicts the same class."""
+        if len(self.predictions) != len(other.predictions):
+            raise ValueError("agreement needs two evaluations of the same images")
+        same = np.asarray(self.predictions) == np.asarray(other.predictions)
+        return 100.0 * float(same.mean())
+
+
+def evaluate(
+    model: ir.Model | str,
+    images: data.ImageSet,
+    preprocessing: Preprocessing,
+    batch_size: int = 32,
+    ep: str = "auto",
+    description: str = "evaluating",
+    session_config: Mapping[str, str] | None = None,
+) -> EvalResult:
+    """Run ``model`` over ``images`` and score its logits against their labels.
+
+    ``session_config`` holds ONNX Runtime session entries (``runtime.FOLD_WEIGHTS_AT_LOAD``).
+    """
+    if not images.labelled:
+        raise OnnxqError("evaluation needs labelled images")
+    session = runtime.create_session(model, ep, config=session_config)
+    input_name = session.get_inputs()[0].name
+    top1 = top5 = 0
+    seconds = 0.0
+    predictions: list[int] = []
+    batches = data.iter_batches(images, preprocessing, batch_size)
+    for pixels, labels in progress.track(batches, description, len(images), lambda b: len(b[0])):
+        start = time.perf_counter()
+        logits = session.run(None, {input_name: pixels})[0]
+        seconds += time.perf_counter() - start
+        if logits.ndim != 2:
+            raise OnnxqError(f"expected logits [N, classes], the model returned shape {logits.shape}")
+        best5 = np.argsort(-logits, axis=1, kind="stable")[:, :5]
+        top1 += int((best5[:, 0] == labels).sum())
+        top5 += int((best5 == labels[:, None]).any(axis=1).sum())
+        predictions.extend(best5[:, 0].tolist())
+    count = len(images)
+    return EvalResult(
+        images=count,
+        top1=100.0 * top1 / count,
+        top5=100.0 * top5 / count,
+        images_per_second=count / seconds if seconds else 0.0,
+        provider=runtime.active_provider(session),
+        predictions=tuple(predictions),
+    )
