@@ -41,8 +41,10 @@ def _main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an unexpected error.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what each graph pass changed.")] = False,
 ) -> None:
     progress.set_quiet(quiet)
+    progress.set_verbose(verbose)
 
 
 @app.command()

@@ -8,8 +8,10 @@ without a bias gets one, named ``<node>.bias_corrected``.
 
 from __future__ import annotations
 
-__all__ = ["CorrectBiasPass"]
+__all__ = ["CorrectBiasPass", "CorrectBiasResult"]
 
+import dataclasses
+import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -17,20 +19,28 @@ import onnx_ir as ir
 
 from onnxq.analysis.graph import add_initializer
 
+logger = logging.getLogger(__name__)
+
 _BIAS_INPUT = {"Conv": 2, "Gemm": 2}
+
+
+@dataclasses.dataclass
+class CorrectBiasResult(ir.passes.PassResult):
+    """``corrected``: the bias value each corrected node reads now, by node name."""
+
+    corrected: dict[str, ir.Value]
 
 
 class CorrectBiasPass(ir.passes.InPlacePass):
     """Subtract ``shifts[node]`` (``[output channels]``, the mean output change ``ΔW E[x]``)
     from the bias of each named Conv or Gemm node.
 
-    ``corrected`` maps each node to the bias value it reads afterwards.
+    The result maps each node to the bias value it reads afterwards (``CorrectBiasResult``).
     """
 
     def __init__(self, shifts: Mapping[str, np.ndarray]) -> None:
         super().__init__()
         self.shifts = {name: np.asarray(shift, dtype=np.float64) for name, shift in shifts.items()}
-        self.corrected: dict[str, ir.Value] = {}
 
     def requires(self, model: ir.Model) -> None:
         nodes = {node.name: node for node in model.graph}
@@ -44,17 +54,24 @@ class CorrectBiasPass(ir.passes.InPlacePass):
             if bias is not None and bias.const_value.size not in (1, len(self.shifts[name])):
                 raise ir.passes.PreconditionError(f"{name}: its bias is not one per channel")
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.corrected = {}
-        for node in model.graph:
-            if node.name in self.shifts:
-                self.corrected[node.name] = self._correct(model.graph, node)
-        return ir.passes.PassResult(model, modified=bool(self.corrected))
+    def call(self, model: ir.Model) -> CorrectBiasResult:
+        corrected = {
+            node.name: self._correct(model.graph, node)
+            for node in model.graph
+            if node.name in self.shifts
+        }
+        if corrected:
+            logger.info("corrected the bias of %d layers", len(corrected))
+        return CorrectBiasResult(model, bool(corrected), corrected)
 
     def ensures(self, model: ir.Model) -> None:
-        for name, value in self.corrected.items():
-            if value.const_value.shape[-1] != len(self.shifts[name]):
-                raise ir.passes.PostconditionError(f"{name}: corrected bias has the wrong length")
+        for node in model.graph:
+            if node.name in self.shifts:
+                bias = _bias(node)
+                if bias is None or bias.const_value.shape[-1] != len(self.shifts[node.name]):
+                    raise ir.passes.PostconditionError(
+                        f"{node.name}: corrected bias has the wrong length"
+                    )
 
     def _correct(self, graph: ir.Graph, node: ir.Node) -> ir.Value:
         shift = self.shifts[node.name]

@@ -1,26 +1,28 @@
 """Store per-group weight scales as a per-channel float times low-bit integer codes.
 
-Runs after ``QuantizeWeightsPass``. A blocked weight DequantizeLinear ``<w>_dq`` with more than
-one group per output channel keeps its inputs' names, but its scale ``<w>_scale`` is no longer an
-initializer: a second DequantizeLinear ``<w>_scale_dq`` computes it from the codes
-``<w>_scale_codes``, the per-channel scale ``<w>_channel_scale`` and, for affine weights, the
-offset ``<w>_channel_zero_point``. The weight codes and group zero points are quantized again with
-the decomposed scales (``onnxq.core.scale_decomposition`` says how the decomposition is searched).
-Weights with one group per output channel (depthwise convolutions) have nothing to decompose and
-are left as they are.
+Runs after ``QuantizeWeightsPass``, on the weights the pipeline names (those with more than one
+group per output channel: ``weight_quantization.groups_per_channel``). Each is found through the
+graph, from the layer that reads it: its blocked DequantizeLinear keeps its inputs' names, but its
+scale ``<w>_scale`` is no longer an initializer: a second DequantizeLinear ``<w>_scale_dq``
+computes it from the codes ``<w>_scale_codes``, the per-channel scale ``<w>_channel_scale`` and,
+for affine weights, the offset ``<w>_channel_zero_point``. The weight codes and group zero points
+are quantized again with the decomposed scales (``onnxq.core.scale_decomposition`` says how the
+decomposition is searched).
 """
 
 from __future__ import annotations
 
-__all__ = ["DecomposeScalesPass", "DecomposedWeight", "scale_code_type"]
+__all__ = ["DecomposeScalesPass", "DecomposeScalesResult", "DecomposedWeight", "scale_code_type"]
 
 import dataclasses
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxq.analysis.graph import add_initializer, name_output
+from onnxq.analysis.plan import WeightTarget
 from onnxq.base import metadata
 from onnxq.core import quant_math
 from onnxq.core.scale_decomposition import (
@@ -30,6 +32,8 @@ from onnxq.core.scale_decomposition import (
 )
 from onnxq.core.schemes import MAX_BITS, MIN_BITS
 from onnxq.core.weight_quantization import CodeChooser, QuantizedWeight
+
+logger = logging.getLogger(__name__)
 
 _SIGNED_TYPES = (ir.DataType.INT4, ir.DataType.INT8)
 
@@ -50,6 +54,13 @@ class DecomposedWeight:
         )
 
 
+@dataclasses.dataclass
+class DecomposeScalesResult(ir.passes.PassResult):
+    """``decomposed``: what was stored for each weight, by weight name."""
+
+    decomposed: dict[str, DecomposedWeight]
+
+
 def scale_code_type(bits: int, offset: bool) -> ir.DataType:
     """The type of scale codes: unsigned without an offset; with one, a signed type wide enough
     for both the codes and the (negative) channel zero point."""
@@ -59,46 +70,66 @@ def scale_code_type(bits: int, offset: bool) -> ir.DataType:
 
 
 class DecomposeScalesPass(ir.passes.InPlacePass):
-    """Decompose the group scales of the weights in ``float_weights`` (their values before
-    quantization, by name) into ``scale_bits``-bit codes times per-channel scales.
+    """Decompose the group scales of the quantized weights ``targets`` into ``scale_bits``-bit
+    codes times per-channel scales.
 
-    ``decomposed`` holds what was stored for each weight decomposed. ``choose_codes`` (by
-    weight name) picks the codes on the decomposed grid, as in ``quantize_weight``.
+    ``float_weights`` holds their values before quantization, by weight name; ``choose_codes``
+    (by weight name) picks the codes on the decomposed grid, as in ``quantize_weight``. The
+    result says what was stored for each weight (``DecomposeScalesResult``).
     """
 
     def __init__(
         self,
+        targets: Sequence[WeightTarget],
         float_weights: Mapping[str, np.ndarray],
         scale_bits: int = 4,
         choose_codes: Mapping[str, CodeChooser] | None = None,
     ) -> None:
         super().__init__()
+        self.targets = {target.weight: target for target in targets}  # one per weight
         self.float_weights = float_weights
         self.scale_bits = scale_bits
         self.choose_codes = dict(choose_codes or {})
-        self.decomposed: dict[str, DecomposedWeight] = {}
 
     def requires(self, model: ir.Model) -> None:
         if not MIN_BITS <= self.scale_bits <= MAX_BITS:
             raise ir.passes.PreconditionError(
                 f"scale codes of {self.scale_bits} bits are not supported ({MIN_BITS}..{MAX_BITS})"
             )
+        for name, node in self._dequantize_nodes(model).items():
+            if node is None or _groups_per_channel(node) < 2:
+                raise ir.passes.PreconditionError(
+                    f"{name}: not read through a blocked DequantizeLinear with several groups "
+                    "per output channel"
+                )
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.decomposed = {}
-        nodes = {node.name: node for node in model.graph}
-        for name, weight in self.float_weights.items():
-            node = nodes.get(f"{name}_dq")
-            if node is not None and _groups_per_channel(node) > 1:
-                self.decomposed[name] = self._decompose(model.graph, node, name, weight)
-        return ir.passes.PassResult(model, modified=bool(self.decomposed))
+    def call(self, model: ir.Model) -> DecomposeScalesResult:
+        decomposed = {
+            name: self._decompose(model.graph, node, name, self.float_weights[name])
+            for name, node in self._dequantize_nodes(model).items()
+        }
+        if decomposed:
+            logger.info(
+                "decomposed the group scales of %d weights into %d-bit codes",
+                len(decomposed), self.scale_bits,
+            )
+        return DecomposeScalesResult(model, bool(decomposed), decomposed)
 
     def ensures(self, model: ir.Model) -> None:
-        nodes = {node.name: node for node in model.graph}
-        for name in self.decomposed:
-            producer = nodes[f"{name}_dq"].inputs[1].producer()
+        for name, node in self._dequantize_nodes(model).items():
+            producer = node.inputs[1].producer()
             if producer is None or producer.op_type != "DequantizeLinear":
                 raise ir.passes.PostconditionError(f"{name}: scale is not dequantized codes")
+
+    def _dequantize_nodes(self, model: ir.Model) -> dict[str, ir.Node | None]:
+        """Each target weight's DequantizeLinear, reached from the layer that reads it."""
+        layers = {target.node for target in self.targets.values()}
+        nodes = {node.name: node for node in model.graph if node.name in layers}
+        return {
+            name: _weight_dequantize(nodes[target.node].inputs[target.input_index])
+            if target.node in nodes else None
+            for name, target in self.targets.items()
+        }
 
     def _decompose(
         self, graph: ir.Graph, node: ir.Node, name: str, weight: np.ndarray
@@ -147,6 +178,14 @@ class DecomposeScalesPass(ir.passes.InPlacePass):
             "DequantizeLinear", inputs, {"axis": channel_axis}, name=f"{name}_scale_dq",
             metadata_props=props,
         )
+
+
+def _weight_dequantize(weight: ir.Value | None) -> ir.Node | None:
+    """The DequantizeLinear that produces ``weight``, directly or through a Reshape."""
+    producer = None if weight is None else weight.producer()
+    if producer is not None and producer.op_type == "Reshape":
+        producer = producer.inputs[0].producer()
+    return producer if producer is not None and producer.op_type == "DequantizeLinear" else None
 
 
 def _groups_per_channel(node: ir.Node) -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["FoldBatchNormPass"]
+__all__ = ["FoldBatchNormPass", "FoldBatchNormResult"]
+
+import dataclasses
+import logging
 
 import onnx_ir as ir
 from onnxscript import rewriter
@@ -12,6 +15,16 @@ from onnxscript.rewriter.rules.common import (
     fuse_batchnorm_into_gemm_rule,
 )
 
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class FoldBatchNormResult(ir.passes.PassResult):
+    """``folded``: how many BatchNormalization nodes were folded; ``left``: how many remain."""
+
+    folded: int
+    left: int
+
 
 class FoldBatchNormPass(ir.passes.InPlacePass):
     """Fold every BatchNormalization that follows a Conv/ConvTranspose/Gemm with constant weights.
@@ -20,17 +33,19 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
     that cannot be folded (no such producer, or the producer has other users) stays in place.
     """
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> FoldBatchNormResult:
         before = _count(model, "BatchNormalization")
         if before == 0:
-            return ir.passes.PassResult(model, modified=False)
+            return FoldBatchNormResult(model, False, 0, 0)
         rules = [
             fuse_batchnorm_into_conv_rule,
             fuse_batchnorm_into_conv_transpose_rule,
             fuse_batchnorm_into_gemm_rule,
         ]
         rewriter.rewrite(model, pattern_rewrite_rules=rules)
-        return ir.passes.PassResult(model, modified=_count(model, "BatchNormalization") < before)
+        left = _count(model, "BatchNormalization")
+        logger.info("folded %d of %d BatchNormalization nodes", before - left, before)
+        return FoldBatchNormResult(model, left < before, before - left, left)
 
 
 def _count(model: ir.Model, op_type: str) -> int:

@@ -8,7 +8,10 @@ included): the same weights, run by plain float kernels, at the cost of fp32 wei
 
 from __future__ import annotations
 
-__all__ = ["FoldWeightDequantizePass"]
+__all__ = ["FoldWeightDequantizePass", "FoldWeightDequantizeResult"]
+
+import dataclasses
+import logging
 
 import numpy as np
 import onnx_ir as ir
@@ -22,32 +25,36 @@ from onnxq.analysis.graph import add_initializer
 from onnxq.analysis.placement import runs_as_integer_kernel
 from onnxq.base.constants import WEIGHT_OPS
 
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class FoldWeightDequantizeResult(ir.passes.PassResult):
+    """``folded``: the float initializers that replaced weight DequantizeLinear nodes."""
+
+    folded: tuple[str, ...]
+
 
 class FoldWeightDequantizePass(ir.passes.InPlacePass):
     """Replace constant DequantizeLinear nodes (``[w]_dq`` → ``[w]_reshape``) by float initializers.
 
     With ``keep_integer_kernels``, plain int8 weights of layers that ONNX Runtime runs as integer
-    kernels stay quantized. ``folded`` names the initializers created.
+    kernels stay quantized. The result names the initializers created.
     """
 
     def __init__(self, keep_integer_kernels: bool = False) -> None:
         super().__init__()
         self.keep_integer_kernels = keep_integer_kernels
-        self.folded: list[str] = []
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.folded = []
+    def call(self, model: ir.Model) -> FoldWeightDequantizeResult:
+        folded = []
         for node in list(model.graph):
             if self._wanted(node):
-                self.folded.append(self._fold(model.graph, node))
-        if self.folded:
+                folded.append(_fold(model.graph, node))
+        if folded:
             ir.passes.common.RemoveUnusedNodesPass()(model)
-        return ir.passes.PassResult(model, modified=bool(self.folded))
-
-    def ensures(self, model: ir.Model) -> None:
-        for name in self.folded:
-            if not model.graph.initializers[name].uses():
-                raise ir.passes.PostconditionError(f"folded weight {name} is not read")
+            logger.info("folded %d weight DequantizeLinear nodes into float", len(folded))
+        return FoldWeightDequantizeResult(model, bool(folded), tuple(folded))
 
     def _wanted(self, node: ir.Node) -> bool:
         """A weight DequantizeLinear (not one that only computes another one's scale)."""
@@ -58,17 +65,18 @@ class FoldWeightDequantizePass(ir.passes.InPlacePass):
             return False
         return not (self.keep_integer_kernels and _feeds_integer_kernels(node))
 
-    def _fold(self, graph: ir.Graph, node: ir.Node) -> str:
-        value = dequantize_constant(node)
-        last = node
-        reshape = _constant_reshape(node)
-        if reshape is not None:
-            value = value.reshape(reshape.inputs[1].const_value.numpy())
-            last = reshape
-        name = _weight_name(graph, node)
-        folded = add_initializer(graph, name, value.astype(np.float32), ir.DataType.FLOAT)
-        ir.convenience.replace_all_uses_with(last.outputs[0], folded)
-        return name
+
+def _fold(graph: ir.Graph, node: ir.Node) -> str:
+    value = dequantize_constant(node)
+    last = node
+    reshape = _constant_reshape(node)
+    if reshape is not None:
+        value = value.reshape(reshape.inputs[1].const_value.numpy())
+        last = reshape
+    name = _weight_name(graph, node)
+    folded = add_initializer(graph, name, value.astype(np.float32), ir.DataType.FLOAT)
+    ir.convenience.replace_all_uses_with(last.outputs[0], folded)
+    return name
 
 
 def _feeds_integer_kernels(node: ir.Node) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = ["InsertFeatureQDQPass"]
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -23,6 +24,8 @@ from onnxq.core import quant_math
 from onnxq.core.feature_quantization import FeatureParams
 from onnxq.core.schemes import Scheme
 from onnxq.core.weight_quantization import storage_type
+
+logger = logging.getLogger(__name__)
 
 
 class InsertFeatureQDQPass(ir.passes.InPlacePass):
@@ -56,6 +59,8 @@ class InsertFeatureQDQPass(ir.passes.InPlacePass):
                 for index, node_input in enumerate(node.inputs):
                     if node_input is value:
                         node.replace_input_with(index, restored)
+        if self.targets:
+            logger.info("inserted Q/DQ pairs on %d feature tensors", len(self.targets))
         return ir.passes.PassResult(model, modified=bool(self.targets))
 
     def _insert(self, graph: ir.Graph, value: ir.Value, params: FeatureParams) -> ir.Value:

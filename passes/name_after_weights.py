@@ -10,7 +10,11 @@ from __future__ import annotations
 
 __all__ = ["NameAfterWeightsPass"]
 
+import logging
+
 import onnx_ir as ir
+
+logger = logging.getLogger(__name__)
 
 
 class NameAfterWeightsPass(ir.passes.InPlacePass):
@@ -34,6 +38,7 @@ class NameAfterWeightsPass(ir.passes.InPlacePass):
                     continue
                 value.name = _unique(name if index == 0 else f"{name}.{index}", taken)
                 taken.add(value.name)
+        logger.info("named %d nodes after their weights", len(node_names))
         return ir.passes.PassResult(model, modified=True)
 
 

@@ -10,67 +10,78 @@ way, and a pattern the rewrite leaves alone.
 
 from __future__ import annotations
 
-__all__ = ["ProtectFloatWeightsPass"]
+__all__ = ["ProtectFloatWeightsPass", "ProtectFloatWeightsResult"]
+
+import dataclasses
+import logging
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxq.analysis.graph import add_initializer, name_output
 
+logger = logging.getLogger(__name__)
+
 _REWRITTEN = ("Conv", "Gemm")
+
+
+@dataclasses.dataclass
+class ProtectFloatWeightsResult(ir.passes.PassResult):
+    """``protected``: the layers that now read a per-channel quantized input."""
+
+    protected: tuple[str, ...]
 
 
 class ProtectFloatWeightsPass(ir.passes.InPlacePass):
     """Give every Conv/Gemm with a float weight and a per-tensor quantized input a per-channel one.
 
-    ``protected`` names the layers changed.
+    The result names the layers changed.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.protected: list[str] = []
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.protected = []
+    def call(self, model: ir.Model) -> ProtectFloatWeightsResult:
+        protected = []
         for node in list(model.graph):
             source = _per_tensor_source(node)
             if source is not None:
-                self._protect(model.graph, node, source)
-                self.protected.append(node.name)
-        return ir.passes.PassResult(model, modified=bool(self.protected))
+                _protect(model.graph, node, source)
+                protected.append(node.name)
+        if protected:
+            logger.info("gave %d float-weight layers a per-channel input", len(protected))
+        return ProtectFloatWeightsResult(model, bool(protected), tuple(protected))
 
-    def _protect(self, graph: ir.Graph, node: ir.Node, source: ir.Node) -> None:
-        channels = _input_channels(node)
-        scale = source.inputs[1].const_value.numpy()
-        inputs = [
-            source.inputs[0],
+
+def _protect(graph: ir.Graph, node: ir.Node, source: ir.Node) -> None:
+    channels = _input_channels(node)
+    scale = source.inputs[1].const_value.numpy()
+    inputs = [
+        source.inputs[0],
+        add_initializer(
+            graph, f"{node.name}_input_scale", np.full(channels, scale), ir.DataType.FLOAT
+        ),
+    ]
+    if len(source.inputs) > 2 and source.inputs[2] is not None:
+        zero_point = source.inputs[2]
+        inputs.append(
             add_initializer(
-                graph, f"{node.name}_input_scale", np.full(channels, scale), ir.DataType.FLOAT
-            ),
-        ]
-        if len(source.inputs) > 2 and source.inputs[2] is not None:
-            zero_point = source.inputs[2]
-            inputs.append(
-                add_initializer(
-                    graph,
-                    f"{node.name}_input_zero_point",
-                    np.full(channels, zero_point.const_value.numpy()),
-                    zero_point.dtype,
-                )
+                graph,
+                f"{node.name}_input_zero_point",
+                np.full(channels, zero_point.const_value.numpy()),
+                zero_point.dtype,
             )
-        dequantize = ir.node(
-            "DequantizeLinear",
-            inputs,
-            {"axis": 1},
-            name=f"{node.name}_input_dq",
-            metadata_props=dict(source.metadata_props),
         )
-        feature = node.inputs[0]
-        restored = name_output(dequantize, f"{node.name}_input_dq", ir.DataType.FLOAT, feature.shape)
-        graph.insert_before(node, [dequantize])
-        node.replace_input_with(0, restored)
-        if not feature.uses() and not feature.is_graph_output():
-            _remove_unused(graph, source)
+    dequantize = ir.node(
+        "DequantizeLinear",
+        inputs,
+        {"axis": 1},
+        name=f"{node.name}_input_dq",
+        metadata_props=dict(source.metadata_props),
+    )
+    feature = node.inputs[0]
+    restored = name_output(dequantize, f"{node.name}_input_dq", ir.DataType.FLOAT, feature.shape)
+    graph.insert_before(node, [dequantize])
+    node.replace_input_with(0, restored)
+    if not feature.uses() and not feature.is_graph_output():
+        _remove_unused(graph, source)
 
 
 def _per_tensor_source(node: ir.Node) -> ir.Node | None:

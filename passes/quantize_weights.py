@@ -9,8 +9,10 @@ weight followed by a Reshape: for a Conv weight ``[O, I, kh, kw]`` the view is
 
 from __future__ import annotations
 
-__all__ = ["QuantizeWeightsPass"]
+__all__ = ["QuantizeWeightsPass", "QuantizeWeightsResult"]
 
+import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -26,6 +28,15 @@ from onnxq.core.weight_quantization import (
     storage_type,
 )
 
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class QuantizeWeightsResult(ir.passes.PassResult):
+    """``quantized``: each weight's codes and grid, by weight name."""
+
+    quantized: dict[str, QuantizedWeight]
+
 
 class QuantizeWeightsPass(ir.passes.InPlacePass):
     """Quantize the weights named by ``targets`` (see ``onnxq.analysis.plan``) in place.
@@ -34,6 +45,7 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
     DequantizeLinear ``<w>_dq`` and, for blocked weights, a Reshape ``<w>_reshape``; the node
     reads the dequantized weight, and the float initializer goes once nothing else reads it.
     ``choose_codes`` maps weight names to their code choosers (see ``quantize_weight``).
+    The result says what each weight became (``QuantizeWeightsResult``).
     """
 
     def __init__(
@@ -44,60 +56,68 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
         super().__init__()
         self.targets = list(targets)
         self.choose_codes = dict(choose_codes or {})
-        self.quantized: dict[str, QuantizedWeight] = {}
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> QuantizeWeightsResult:
         nodes = {node.name: node for node in model.graph}
+        quantized: dict[str, QuantizedWeight] = {}
         restored: dict[str, ir.Value] = {}
         for target in self.targets:
             node = nodes[target.node]
             if target.weight not in restored:
-                restored[target.weight] = self._quantize(model.graph, node, target)
+                weight = node.inputs[target.input_index].const_value.numpy()
+                chooser = self.choose_codes.get(target.weight)
+                quantized[target.weight] = quantize_weight(
+                    weight, target.out_axis, target.scheme, chooser
+                )
+                restored[target.weight] = _store(
+                    model.graph, node, target.weight, quantized[target.weight]
+                )
             old = node.inputs[target.input_index]
             node.replace_input_with(target.input_index, restored[target.weight])
             if not old.uses() and old.is_initializer():
                 model.graph.initializers.pop(old.name)
-        return ir.passes.PassResult(model, modified=bool(self.targets))
+        if quantized:
+            logger.info(
+                "quantized %d weights (%d with chosen codes)",
+                len(quantized), len(set(quantized) & set(self.choose_codes)),
+            )
+        return QuantizeWeightsResult(model, bool(self.targets), quantized)
 
-    def _quantize(self, graph: ir.Graph, node: ir.Node, target: WeightTarget) -> ir.Value:
-        weight = node.inputs[target.input_index]
-        quantized = quantize_weight(
-            weight.const_value.numpy(),
-            target.out_axis,
-            target.scheme,
-            self.choose_codes.get(target.weight),
+
+def _store(
+    graph: ir.Graph, node: ir.Node, name: str, quantized: QuantizedWeight
+) -> ir.Value:
+    """Initializers and a DequantizeLinear (and Reshape) for ``quantized`` before ``node``;
+    the value that restores the weight."""
+    dtype = storage_type(quantized.scheme.bits, quantized.scheme.signed)
+    inputs = [
+        add_initializer(graph, f"{name}_quantized", quantized.codes, dtype),
+        add_initializer(graph, f"{name}_scale", quantized.scale, ir.DataType.FLOAT),
+    ]
+    if quantized.zero_point is not None:
+        inputs.append(add_initializer(graph, f"{name}_zero_point", quantized.zero_point, dtype))
+    attributes = {}
+    if quantized.axis is not None:
+        attributes["axis"] = quantized.axis
+    if quantized.blocked:
+        attributes["block_size"] = quantized.block_size
+    dq = ir.node(
+        "DequantizeLinear", inputs, attributes, name=f"{name}_dq",
+        metadata_props=weight_metadata(quantized),
+    )
+    result = name_output(dq, f"{name}_dq", ir.DataType.FLOAT, ir.Shape(quantized.codes.shape))
+    new_nodes = [dq]
+    if quantized.codes.shape != quantized.shape:
+        shape = add_initializer(
+            graph, f"{name}_shape", np.asarray(quantized.shape, np.int64), ir.DataType.INT64
         )
-        self.quantized[target.weight] = quantized
-        name = target.weight
-        dtype = storage_type(target.scheme.bits, target.scheme.signed)
-        inputs = [
-            add_initializer(graph, f"{name}_quantized", quantized.codes, dtype),
-            add_initializer(graph, f"{name}_scale", quantized.scale, ir.DataType.FLOAT),
-        ]
-        if quantized.zero_point is not None:
-            inputs.append(add_initializer(graph, f"{name}_zero_point", quantized.zero_point, dtype))
-        attributes = {}
-        if quantized.axis is not None:
-            attributes["axis"] = quantized.axis
-        if quantized.blocked:
-            attributes["block_size"] = quantized.block_size
-        dq = ir.node(
-            "DequantizeLinear", inputs, attributes, name=f"{name}_dq",
-            metadata_props=weight_metadata(quantized),
+        reshape = ir.node("Reshape", [result, shape], name=f"{name}_reshape")
+        result = name_output(
+            reshape, f"{name}_dq_reshaped", ir.DataType.FLOAT, ir.Shape(quantized.shape)
         )
-        result = name_output(dq, f"{name}_dq", ir.DataType.FLOAT, ir.Shape(quantized.codes.shape))
-        new_nodes = [dq]
-        if quantized.codes.shape != quantized.shape:
-            shape = add_initializer(
-                graph, f"{name}_shape", np.asarray(quantized.shape, np.int64), ir.DataType.INT64
-            )
-            reshape = ir.node("Reshape", [result, shape], name=f"{name}_reshape")
-            result = name_output(
-                reshape, f"{name}_dq_reshaped", ir.DataType.FLOAT, ir.Shape(quantized.shape)
-            )
-            new_nodes.append(reshape)
-        graph.insert_before(node, new_nodes)
-        return result
+        new_nodes.append(reshape)
+    graph.insert_before(node, new_nodes)
+    return result
 
 
 def weight_metadata(quantized: QuantizedWeight) -> dict[str, str]:

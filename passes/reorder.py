@@ -18,9 +18,10 @@ per-tensor features) are thereby left alone.
 
 from __future__ import annotations
 
-__all__ = ["ReorderPass", "ReorderRecord"]
+__all__ = ["ReorderPass", "ReorderRecord", "ReorderResult"]
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -38,6 +39,8 @@ from onnxq.core.schemes import Scheme
 #: ``auto`` keeps a set's order unless a key lowers the estimated error by this fraction (orders
 #: that cannot matter differ only by float rounding).
 MIN_GAIN = 0.01
+
+logger = logging.getLogger(__name__)
 
 
 
@@ -65,13 +68,21 @@ class ReorderRecord:
         return record
 
 
+@dataclasses.dataclass
+class ReorderResult(ir.passes.PassResult):
+    """``records``: one per group of linked channel sets, what was done to it and why."""
+
+    records: list[ReorderRecord]
+
+
 class ReorderPass(ir.passes.InPlacePass):
     """Sort every permutable channel set by ``key``; see the module docstring.
 
     ``statistics`` (for the activation keys and ``auto``) maps the consumers' input tensors to
     their channel statistics. ``quantization`` maps consumer nodes to their ``(weight scheme,
     feature scheme)`` for ``auto``; without statistics ``auto`` weighs all channels alike.
-    ``records`` tells, per group of linked sets, what was permuted or skipped and why. With
+    The result's ``records`` tell, per group of linked sets, what was permuted or skipped and
+    why. With
     ``verify`` the outputs before and after must agree within ``onnxq.analysis.equivalence.TOLERANCE``.
     """
 
@@ -89,31 +100,27 @@ class ReorderPass(ir.passes.InPlacePass):
         self.quantization = dict(quantization or {})
         self.verify = verify
         self.verify_inputs = verify_inputs
-        self.records: list[ReorderRecord] = []
-        self._check: OutputCheck | None = None
-        self._nodes_before = 0
 
     def requires(self, model: ir.Model) -> None:
         if self.key not in REORDER_KEYS + (AUTO,):
             raise ir.passes.PreconditionError(f"unknown reorder key {self.key!r}")
-        self._nodes_before = len(model.graph)
-        self._check = OutputCheck(model, self.verify_inputs) if self.verify else None
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> ReorderResult:
+        check = OutputCheck(model, self.verify_inputs) if self.verify else None
+        nodes_before = len(model.graph)
         values = values_by_name(model.graph)
         analysis = channels.analyze(model)
-        self.records = [
+        records = [
             self._reorder(values, [analysis.sets[i] for i in domain])
             for domain in analysis.domains()
         ]
-        modified = any(record.status == "permuted" for record in self.records)
-        return ir.passes.PassResult(model, modified=modified)
-
-    def ensures(self, model: ir.Model) -> None:
-        if len(model.graph) != self._nodes_before:
+        if len(model.graph) != nodes_before:
             raise ir.passes.PostconditionError("ReorderPass changed the number of nodes")
-        if self._check is not None:
-            self._check.verify(model, "ReorderPass")
+        if check is not None:
+            check.verify(model, "ReorderPass")
+        permuted = sum(record.status == "permuted" for record in records)
+        logger.info("reordered %d of %d channel groups", permuted, len(records))
+        return ReorderResult(model, permuted > 0, records)
 
     def _reorder(self, values: dict[str, ir.Value], sets: list[ChannelSet]) -> ReorderRecord:
         names = tuple(s.name for s in sets)

@@ -16,9 +16,10 @@ Depthwise consumers are scaled per channel, which their weights allow exactly.
 
 from __future__ import annotations
 
-__all__ = ["SmoothPass", "SmoothRecord", "smoothing_scale"]
+__all__ = ["SmoothPass", "SmoothRecord", "SmoothResult", "smoothing_scale"]
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -45,6 +46,8 @@ ALPHA_GRID = tuple(i / 10 for i in range(11))
 #: The estimate is a layer's own error; on EfficientNet-Lite0, sets whose estimate fell by up to
 #: 15% moved the network's output error up or down (BENCHMARKS.md), so smaller gains are noise.
 MIN_GAIN = 0.25
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,14 +82,31 @@ def smoothing_scale(activation: np.ndarray, weight: np.ndarray, alpha: float) ->
     return np.clip(np.where(usable, scale, 1.0), *_SCALE_LIMITS).astype(np.float32)
 
 
+@dataclasses.dataclass
+class SmoothResult(ir.passes.PassResult):
+    """``records``: one per channel set, what was done to it and why."""
+
+    records: list[SmoothRecord]
+
+    def summary(self) -> str:
+        """``"3 sets folded, 1 with a Mul, 2 skipped"``."""
+        counts = {status: 0 for status in ("folded", "mul", "skipped")}
+        for record in self.records:
+            counts[record.status] += 1
+        return (
+            f"{counts['folded']} sets folded, {counts['mul']} with a Mul, "
+            f"{counts['skipped']} skipped"
+        )
+
+
 class SmoothPass(ir.passes.InPlacePass):
     """Divide each channel set by ``s`` (folded into its producers), multiply its consumers by ``s``.
 
     ``statistics`` maps the consumers' input tensors to their calibrated channel statistics.
     ``quantization`` maps consumer nodes to their ``(weight scheme, feature scheme)`` (either may
     be None), which ``alpha="auto"`` needs to estimate quantization errors.
-    ``records`` tells, per set, what was folded, what got an explicit Mul and what was skipped
-    and why. With ``verify`` the pass runs the model before and after (on ``verify_inputs`` or
+    The result's ``records`` tell, per set, what was folded, what got an explicit Mul and what
+    was skipped and why. With ``verify`` the pass runs the model before and after (on ``verify_inputs`` or
     random inputs) and fails if an output moved by more than ``onnxq.analysis.equivalence.TOLERANCE``.
     """
 
@@ -108,35 +128,30 @@ class SmoothPass(ir.passes.InPlacePass):
         self.explicit_mul = explicit_mul
         self.verify = verify
         self.verify_inputs = verify_inputs
-        self.records: list[SmoothRecord] = []
-        self._check: OutputCheck | None = None
-        self._nodes_before = 0
 
     def requires(self, model: ir.Model) -> None:
         if self.alpha != AUTO and not 0.0 <= self.alpha <= 1.0:
             raise ir.passes.PreconditionError(f"alpha must be in [0, 1] or auto, got {self.alpha}")
         if self.act_scale not in ACT_SCALES:
             raise ir.passes.PreconditionError(f"unknown activation scale {self.act_scale!r}")
-        self._nodes_before = len(model.graph)
-        self._check = OutputCheck(model, self.verify_inputs) if self.verify else None
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> SmoothResult:
         graph = model.graph
+        check = OutputCheck(model, self.verify_inputs) if self.verify else None
+        nodes_before = len(graph)
         values = values_by_name(graph)
         nodes = {node.name: node for node in graph}
-        self.records = [
+        records = [
             self._smooth(graph, values, nodes, channel_set)
             for channel_set in channels.analyze(model).sets
         ]
-        modified = any(record.status != "skipped" for record in self.records)
-        return ir.passes.PassResult(model, modified=modified)
-
-    def ensures(self, model: ir.Model) -> None:
-        inserted = sum(len(record.inserted) for record in self.records)
-        if len(model.graph) != self._nodes_before + inserted:
+        if len(graph) != nodes_before + sum(len(record.inserted) for record in records):
             raise ir.passes.PostconditionError("SmoothPass added nodes besides its explicit Muls")
-        if self._check is not None:
-            self._check.verify(model, "SmoothPass")
+        if check is not None:
+            check.verify(model, "SmoothPass")
+        result = SmoothResult(model, any(r.status != "skipped" for r in records), records)
+        logger.info("smoothed %s", result.summary())
+        return result
 
     def _smooth(
         self,

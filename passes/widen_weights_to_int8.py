@@ -11,7 +11,10 @@ goes to a QuantizeLinear, directly or through a Relu or Clip (``--f-placement fu
 
 from __future__ import annotations
 
-__all__ = ["WidenWeightsToInt8Pass"]
+__all__ = ["WidenWeightsToInt8Pass", "WidenWeightsToInt8Result"]
+
+import dataclasses
+import logging
 
 import numpy as np
 import onnx_ir as ir
@@ -21,42 +24,50 @@ from onnxq.analysis.graph import add_initializer, name_output
 from onnxq.analysis.placement import runs_as_integer_kernel
 from onnxq.base.constants import WEIGHT_OPS
 
+logger = logging.getLogger(__name__)
+
 _INT8 = (-128, 127)
+
+
+@dataclasses.dataclass
+class WidenWeightsToInt8Result(ir.passes.PassResult):
+    """``widened``: the layers whose weights were re-stored as per-axis int8."""
+
+    widened: tuple[str, ...]
 
 
 class WidenWeightsToInt8Pass(ir.passes.InPlacePass):
     """Rewrite the weight DequantizeLinear of integer-kernel layers as per-axis int8.
 
-    ``widened`` names the layers rewritten.
+    The result names the layers rewritten.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.widened: list[str] = []
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        self.widened = []
+    def call(self, model: ir.Model) -> WidenWeightsToInt8Result:
+        widened = []
         for node in list(model.graph):
             if node.op_type in WEIGHT_OPS and runs_as_integer_kernel(node):
-                if self._widen(model.graph, node):
-                    self.widened.append(node.name)
-        return ir.passes.PassResult(model, modified=bool(self.widened))
+                if _widen(model.graph, node):
+                    widened.append(node.name)
+        if widened:
+            logger.info("re-stored the weights of %d integer-kernel layers as int8", len(widened))
+        return WidenWeightsToInt8Result(model, bool(widened), tuple(widened))
 
-    def _widen(self, graph: ir.Graph, node: ir.Node) -> bool:
-        chain = _weight_chain(node.inputs[1])
-        if chain is None or is_plain_int8(chain[0]):
-            return False
-        rows = row_scales(chain[0])
-        if rows is None:
-            return False
-        centred, scale, axis = rows
-        if centred.min() < _INT8[0] or centred.max() > _INT8[1]:
-            return False
-        shape = _final_shape(chain)
-        if axis is not None and len(chain) > 1 and (axis != 0 or shape[0] != centred.shape[0]):
-            return False
-        _replace(graph, chain, centred.reshape(shape), scale, axis)
-        return True
+
+def _widen(graph: ir.Graph, node: ir.Node) -> bool:
+    chain = _weight_chain(node.inputs[1])
+    if chain is None or is_plain_int8(chain[0]):
+        return False
+    rows = row_scales(chain[0])
+    if rows is None:
+        return False
+    centred, scale, axis = rows
+    if centred.min() < _INT8[0] or centred.max() > _INT8[1]:
+        return False
+    shape = _final_shape(chain)
+    if axis is not None and len(chain) > 1 and (axis != 0 or shape[0] != centred.shape[0]):
+        return False
+    _replace(graph, chain, centred.reshape(shape), scale, axis)
+    return True
 
 
 def _weight_chain(weight: ir.Value | None) -> list[ir.Node] | None:

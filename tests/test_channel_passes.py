@@ -66,12 +66,12 @@ def test_passes_keep_random_cnns_equal(blocks, activations, head, seed, alpha, e
 
     smooth = SmoothPass(_statistics(model, calibration), alpha, explicit_mul=explicit_mul,
                         verify=True, quantization=_schemes(model))
-    smooth(model)
-    muls = [name for record in smooth.records for name in record.inserted]
+    smoothed = smooth(model)
+    muls = [name for record in smoothed.records for name in record.inserted]
     assert len(model.graph) == nodes + len(muls)
-    assert all(record.status != "mul" for record in smooth.records) or explicit_mul
+    assert all(record.status != "mul" for record in smoothed.records) or explicit_mul
     analysis = {s.name: s for s in channels.analyze(_load(random_cnn(blocks, activations, head, seed))).sets}
-    for record in smooth.records:
+    for record in smoothed.records:
         foldable = not analysis[record.set].smooth_blockers
         assert record.status in (("folded", "skipped") if foldable else ("mul", "skipped"))
         if foldable and alpha != "auto":
@@ -91,7 +91,7 @@ def test_smooth_folds_the_reference_scales(sample_images):
     statistics = _statistics(model, inputs)
     before = _weights(model)
     smooth = SmoothPass(statistics, alpha=0.5, verify=True)
-    smooth(model)
+    smoothed = smooth(model)
     after = _weights(model)
 
     activation = np.abs(equivalence_tensor(model_before=_load(tiny_cnn()), name="relu1.out", inputs=inputs))
@@ -101,7 +101,7 @@ def test_smooth_folds_the_reference_scales(sample_images):
     np.testing.assert_allclose(after["conv2.weight"], before["conv2.weight"] * s[None, :, None, None], rtol=1e-6)
     np.testing.assert_allclose(after["conv1.weight"], before["conv1.weight"] / s[:, None, None, None], rtol=1e-6)
     np.testing.assert_allclose(after["conv1.bias"], before["conv1.bias"] / s, rtol=1e-6)
-    statuses = {r.set: r.status for r in smooth.records}
+    statuses = {r.set: r.status for r in smoothed.records}
     assert statuses == {"input": "skipped", "conv1.out": "folded", "conv2.out": "skipped",
                         "dw3.out": "folded", "logits": "skipped"}
     # dw3 → Relu → pw4: the depthwise producer's rows are divided, pw4's columns multiplied.
@@ -120,15 +120,15 @@ def test_clip_set_gets_explicit_muls_only_on_request():
     model = _load(tiny_cnn())
     inputs = equivalence.random_inputs(model, batch=4)
     smooth = SmoothPass(_statistics(model, inputs), alpha=0.5, verify=True)
-    smooth(model)
-    record = next(r for r in smooth.records if r.set == "conv2.out")
+    smoothed = smooth(model)
+    record = next(r for r in smoothed.records if r.set == "conv2.out")
     assert record.status == "skipped" and "Clip relu2" in record.reason
     assert not [n for n in model.graph if n.op_type == "Mul"]
 
     model = _load(tiny_cnn())
     smooth = SmoothPass(_statistics(model, inputs), alpha=0.5, explicit_mul=True, verify=True)
-    smooth(model)
-    record = next(r for r in smooth.records if r.set == "conv2.out")
+    smoothed = smooth(model)
+    record = next(r for r in smoothed.records if r.set == "conv2.out")
     assert record.status == "mul" and record.inserted == ("relu2.out.smooth", "flat.out.smooth")
     muls = {n.name: n for n in model.graph if n.op_type == "Mul"}
     assert set(muls) == {"relu2.out.smooth", "flat.out.smooth"}
@@ -150,8 +150,8 @@ def test_reorder_sorts_each_set_by_its_key(key):
     inputs = equivalence.random_inputs(model, batch=8)
     statistics = _statistics(model, inputs)
     reorder = ReorderPass(key, statistics, verify=True)
-    reorder(model)
-    assert {r.sets: r.status for r in reorder.records} == {
+    reordered = reorder(model)
+    assert {r.sets: r.status for r in reordered.records} == {
         ("input",): "skipped", ("conv1.out",): "permuted",
         ("conv2.out", "dw3.out"): "permuted", ("logits",): "skipped",
     }
@@ -267,13 +267,13 @@ def test_resnets_with_random_weights(resnet):
     check = equivalence.OutputCheck(resnet, equivalence.random_inputs(resnet, batch=2, seed=1))
     nodes = len(resnet.graph)
     smooth = SmoothPass(_statistics(resnet, inputs), alpha=0.5, verify=True, verify_inputs=inputs)
-    smooth(resnet)
-    statuses = [r.status for r in smooth.records]
+    smoothed = smooth(resnet)
+    statuses = [r.status for r in smoothed.records]
     assert statuses.count("skipped") == 2  # the graph input and the logits
     assert statuses.count("folded") == len(statuses) - 2
     reorder = ReorderPass("absmax", _statistics(resnet, inputs), verify=True, verify_inputs=inputs)
-    reorder(resnet)
-    assert [r.status for r in reorder.records].count("permuted") == len(reorder.records) - 2
+    reordered = reorder(resnet)
+    assert [r.status for r in reordered.records].count("permuted") == len(reordered.records) - 2
     assert len(resnet.graph) == nodes
     assert check.difference(resnet) <= equivalence.TOLERANCE
 
@@ -288,14 +288,14 @@ def test_efficientnet_lite0_on_real_images(effnet_path, sample_images):
     nodes = len(model.graph)
     smooth = SmoothPass(_statistics(model, {"input": pixels[:4]}), alpha=0.5, explicit_mul=True,
                         verify=True, verify_inputs=inputs)
-    smooth(model)
-    statuses = [r.status for r in smooth.records]
+    smoothed = smooth(model)
+    statuses = [r.status for r in smoothed.records]
     # 7 linear-bottleneck sets fold; the 33 sets through ReLU6 need a Mul; input and logits stay.
     assert (statuses.count("folded"), statuses.count("mul"), statuses.count("skipped")) == (7, 33, 2)
     assert len(model.graph) == nodes + 33
     reorder = ReorderPass("weight-absmax", verify=True, verify_inputs=inputs)
-    reorder(model)
-    assert [r.status for r in reorder.records].count("permuted") == len(reorder.records) - 2
+    reordered = reorder(model)
+    assert [r.status for r in reordered.records].count("permuted") == len(reordered.records) - 2
     assert check.difference(model) <= equivalence.TOLERANCE
 
 

@@ -96,6 +96,21 @@ def test_default_output_name(tmp_path, tiny_path):
     assert (tmp_path / "net_w4a32.onnx").exists()
 
 
+def test_verbose_logs_what_each_pass_changed(tmp_path, tiny_path, sample_dir):
+    args = ["quantize", tiny_path, "-o", tmp_path / "q.onnx", "--calib", sample_dir,
+            "--calib-size", 4, "--wbits", 4, "--scheme", "per-group-affine", "--gs", 8,
+            "--decompose-scales"]
+    quiet = onnxq("-q", *args)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    verbose = onnxq("-q", "-v", *args)
+    assert verbose.returncode == 0, verbose.stderr
+    log = " ".join(verbose.stderr.split())  # rich wraps long lines
+    assert "onnxq.passes.quantize_weights: quantized 5 weights (3 with chosen codes)" in log
+    assert "onnxq.passes.decompose_scales: decomposed the group scales of 2 weights" in log
+    assert "onnxq.passes.insert_feature_qdq: inserted Q/DQ pairs on 5 feature tensors" in log
+    assert "onnxq.passes.correct_bias: corrected the bias of 5 layers" in log
+
+
 def test_eval_needs_labels(tmp_path, tiny_path, sample_images):
     folder = tmp_path / "unlabelled"
     folder.mkdir()

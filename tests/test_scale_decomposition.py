@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from onnxq.analysis.plan import make_plan
 from onnxq.base.errors import OnnxqError
 from onnxq.core import quant_math
 from onnxq.core.config import QuantConfig
@@ -22,6 +23,7 @@ from onnxq.core.scale_decomposition import (
 )
 from onnxq.core.schemes import Scheme
 from onnxq.core.weight_quantization import quantize_weight
+from onnxq.passes import DecomposeScalesPass, DecomposeScalesResult, QuantizeWeightsPass
 from onnxq.pipeline import layer_rounding, modelio
 from onnxq.pipeline.quantize import quantize
 
@@ -298,3 +300,28 @@ def test_gptq_chooses_the_codes_of_a_decomposed_weight_once(tiny_path, sample_im
     assert counts[0] == counts[1] > 0 and counts[2] == 0
     gptq, nearest = results[1].weights, results[2].weights
     assert any(not np.array_equal(gptq[name].codes, nearest[name].codes) for name in gptq)
+
+
+def test_the_pass_finds_its_weights_through_the_graph(tiny_path):
+    """Renamed DequantizeLinear nodes are found from the layers that read them; a weight with
+    one group per output channel is refused before anything changes."""
+    model = modelio.load_model(tiny_path)
+    config = QuantConfig(weights=Scheme.parse("per-group-affine", bits=4, group_size=GROUP_SIZE))
+    plan = make_plan(model, config)
+    floats = {t.weight: model.graph.initializers[t.weight].const_value.numpy() for t in plan.weights}
+    quantized = QuantizeWeightsPass(plan.weights)(model).quantized
+    assert set(quantized) == set(floats)
+    for index, node in enumerate(model.graph):
+        if node.op_type in ("DequantizeLinear", "Reshape"):
+            node.name = f"node{index}"
+    targets = {t.weight: t for t in plan.weights}
+
+    depthwise = DecomposeScalesPass([targets["dw3.weight"]], floats)
+    with pytest.raises(ir.passes.PreconditionError, match="dw3.weight: not read through"):
+        depthwise(model)
+
+    result = DecomposeScalesPass([targets["conv2.weight"], targets["pw4.weight"]], floats)(model)
+    assert isinstance(result, DecomposeScalesResult) and result.modified
+    assert set(result.decomposed) == {"conv2.weight", "pw4.weight"}
+    scale_dqs = [n for n in model.graph if n.metadata_props.get("onnxq.role") == "weight_scale"]
+    assert [n.name for n in scale_dqs] == ["conv2.weight_scale_dq", "pw4.weight_scale_dq"]

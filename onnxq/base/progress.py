@@ -1,11 +1,14 @@
-"""Progress bars on stderr (rich), silenced by ``--quiet``."""
+"""Progress bars on stderr (rich), silenced by ``--quiet``; the log of what the graph passes
+changed, shown by ``--verbose``."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,6 +27,18 @@ _state = {"quiet": False}
 def set_quiet(quiet: bool) -> None:
     """Silence (or restore) progress bars and status messages."""
     _state["quiet"] = quiet
+
+
+def set_verbose(verbose: bool) -> None:
+    """Show (or hide) the ``onnxq`` loggers' INFO messages, on the progress console."""
+    logger = logging.getLogger("onnxq")
+    for handler in [h for h in logger.handlers if isinstance(h, RichHandler)]:
+        logger.removeHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    if verbose:
+        handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        logger.addHandler(handler)
 
 
 def is_quiet() -> bool:

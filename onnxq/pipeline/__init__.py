@@ -1,1 +1,2 @@
-"""The pipeline: load and check models, channel rewrites, layer rounding, pass selection, quantize, deploy."""
+"""The pipeline: load and check models, channel rewrites, layer rounding, pass selection,
+quantize, deploy."""

@@ -123,8 +123,7 @@ def rewrite_channels(
             key, statistics(lambda s: not s.permute_blockers) if measured else {}, verify,
             check_inputs, schemes,
         )
-        _run(reorder_pass, model)
-        for record in reorder_pass.records:
+        for record in _run(reorder_pass, model).records:
             for name in record.sets:
                 _report(reports, name).reorder = record.to_dict()
     if smooth:
@@ -132,8 +131,7 @@ def rewrite_channels(
             statistics(lambda s: not (s.mul_blockers if config.smooth_mul else s.smooth_blockers)),
             config.smooth_alpha, config.act_scale, config.smooth_mul, verify, check_inputs, schemes,
         )
-        _run(smooth_pass, model)
-        for record in smooth_pass.records:
+        for record in _run(smooth_pass, model).records:
             _report(reports, record.set).smooth = record.to_dict()
     result = list(reports.values())
     records = [r.to_dict() for r in result]
@@ -180,8 +178,8 @@ def _check_inputs(
     return {model.graph.inputs[0].name: pixels}
 
 
-def _run(channel_pass: ir.passes.InPlacePass, model: ir.Model) -> None:
+def _run(channel_pass: ir.passes.InPlacePass, model: ir.Model) -> ir.passes.PassResult:
     try:
-        channel_pass(model)
+        return channel_pass(model)
     except ir.passes.PostconditionError as error:
         raise OnnxqError(f"--verify: {error}") from None

@@ -41,14 +41,11 @@ class DeployResult:
 
 def deploy(model: ir.Model, fold_weights: bool = False) -> DeployResult:
     """Rewrite the quantized ``model`` in place into its deployment form."""
-    widen = WidenWeightsToInt8Pass()
-    fold = FoldWeightDequantizePass(keep_integer_kernels=not fold_weights)
-    passes = [fold] if fold_weights else [widen, fold]
-    ir.passes.PassManager([*passes, ProtectFloatWeightsPass()])(model)
+    widened = () if fold_weights else WidenWeightsToInt8Pass()(model).widened
+    folded = FoldWeightDequantizePass(keep_integer_kernels=not fold_weights)(model).folded
+    ProtectFloatWeightsPass()(model)
     model.metadata_props[metadata.DEPLOYMENT] = "float-weights" if fold_weights else "int8-kernels"
-    return DeployResult(
-        model, _integer_kernel_layers(model), tuple(widen.widened), tuple(fold.folded)
-    )
+    return DeployResult(model, _integer_kernel_layers(model), widened, folded)
 
 
 def _integer_kernel_layers(model: ir.Model) -> tuple[str, ...]:

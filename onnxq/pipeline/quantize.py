@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx_ir as ir
 
 from onnxq import __version__
-from onnxq.analysis.plan import QuantPlan, make_plan
+from onnxq.analysis.plan import QuantPlan, WeightTarget, make_plan
 from onnxq.base import metadata, progress
 from onnxq.base.constants import AUTO
 from onnxq.base.errors import OnnxqError
@@ -19,7 +19,11 @@ from onnxq.calibration.cache import CalibrationCache
 from onnxq.calibration.streaming import CALIBRATION_BATCH
 from onnxq.core.config import QuantConfig
 from onnxq.core.feature_quantization import FeatureParams
-from onnxq.core.weight_quantization import QuantizedWeight, groups_per_channel
+from onnxq.core.weight_quantization import (
+    CodeChooser,
+    QuantizedWeight,
+    groups_per_channel,
+)
 from onnxq.io.data import ImageSet
 from onnxq.io.preprocessing import PRESETS, Preprocessing
 from onnxq.passes import (
@@ -102,16 +106,10 @@ def quantize(
         )
     rounding = layer_rounding.prepare(model, plan, config, sample, preprocessing, batch_size, ep)
     choosers = rounding.code_choosers() if rounding is not None else {}
-    scales_pass = _decompose_scales_pass(model, plan, config, choosers)
-    weights_pass = QuantizeWeightsPass(plan.weights, _first_choosers(model, plan, config, choosers))
-    stage4 = [weights_pass, scales_pass, InsertFeatureQDQPass(plan.features, features)]
-    ir.passes.PassManager([p for p in stage4 if p is not None])(model)
-    weights = weights_pass.quantized
-    if scales_pass is not None:
-        for name, decomposed in scales_pass.decomposed.items():
-            weights[name] = decomposed.replace_in(weights[name])
+    weights = _quantize_weights(model, plan, config, choosers)
+    InsertFeatureQDQPass(plan.features, features)(model)
     if rounding is not None and config.bias_correction:
-        ir.passes.PassManager([CorrectBiasPass(rounding.bias_shifts(weights))])(model)
+        CorrectBiasPass(rounding.bias_shifts(weights))(model)
     model.metadata_props[metadata.QUANTIZATION] = config.to_json()
     model.metadata_props[metadata.VERSION] = __version__
     if selection:
@@ -142,33 +140,35 @@ def _resolve(config: QuantConfig, calibrated: bool) -> QuantConfig:
     return resolved
 
 
-def _decompose_scales_pass(
-    model: ir.Model, plan: QuantPlan, config: QuantConfig, choosers: dict | None = None
-) -> DecomposeScalesPass | None:
-    """The scale decomposition ``config`` asks for, given the float weights it starts from
-    (and the code choosers that pick the codes on the decomposed grid)."""
-    if not config.decompose_scales:
-        return None
-    initializers = model.graph.initializers
-    floats = {t.weight: initializers[t.weight].const_value.numpy() for t in plan.weights}
-    return DecomposeScalesPass(floats, config.scale_bits, choosers)
+def _quantize_weights(
+    model: ir.Model, plan: QuantPlan, config: QuantConfig, choosers: dict[str, CodeChooser]
+) -> dict[str, QuantizedWeight]:
+    """Quantize the plan's weights, then decompose the scales of those ``config`` decomposes.
+
+    A decomposed weight gets its codes (``choosers``) once, on the decomposed grid;
+    round-to-nearest codes stand in until then.
+    """
+    decomposed = _decomposed_targets(model, plan) if config.decompose_scales else []
+    later = {target.weight for target in decomposed}
+    first = {name: chooser for name, chooser in choosers.items() if name not in later}
+    floats = {name: model.graph.initializers[name].const_value.numpy() for name in later}
+    weights = QuantizeWeightsPass(plan.weights, first)(model).quantized
+    if decomposed:
+        scales = DecomposeScalesPass(decomposed, floats, config.scale_bits, choosers)(model)
+        for name, stored in scales.decomposed.items():
+            weights[name] = stored.replace_in(weights[name])
+    return weights
 
 
-def _first_choosers(
-    model: ir.Model, plan: QuantPlan, config: QuantConfig, choosers: dict
-) -> dict:
-    """The code choosers of the weights pass: all of them, except for weights whose scales are
-    decomposed next; those get their codes once, on the decomposed grid (round-to-nearest
-    codes stand in until then)."""
-    if not config.decompose_scales:
-        return choosers
+def _decomposed_targets(model: ir.Model, plan: QuantPlan) -> list[WeightTarget]:
+    """The weights whose scales can be decomposed: more than one group per output channel
+    (a depthwise convolution's groups are its channels)."""
     initializers = model.graph.initializers
-    decomposed = {
-        target.weight
+    return [
+        target
         for target in plan.weights
         if groups_per_channel(initializers[target.weight].shape, target.out_axis, target.scheme) > 1
-    }
-    return {name: chooser for name, chooser in choosers.items() if name not in decomposed}
+    ]
 
 
 def _calibrate(
