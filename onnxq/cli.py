@@ -224,10 +224,7 @@ def evaluate_command(
     modelio.check_classifier(loaded, model)
     images = data.find_images(data_dir).head(limit)
     data.require_labels(images, data_dir)
-    chosen = preprocessing.resolve(preprocess) or modelio.get_preprocessing(loaded)
-    if chosen is None:
-        progress.status("[yellow]note:[/] the model records no preprocessing; using torchvision's")
-        chosen = preprocessing.PRESETS["torchvision"]
+    chosen = modelio.choose_preprocessing(loaded, preprocessing.resolve(preprocess), model)
     session_config = runtime.FOLD_WEIGHTS_AT_LOAD if fold_weights else None
     result = evaluate.evaluate(loaded, images, chosen, batch_size, ep, session_config=session_config)
     typer.echo(

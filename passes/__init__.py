@@ -1,5 +1,6 @@
 """Graph passes of onnxq, one per module, each an ``onnx_ir`` pass (installed as ``onnxq.passes``)."""
 
+from onnxq.passes.canonicalize import CanonicalizePass, CanonicalizeResult
 from onnxq.passes.correct_bias import CorrectBiasPass, CorrectBiasResult
 from onnxq.passes.decompose_scales import DecomposeScalesPass, DecomposeScalesResult
 from onnxq.passes.fold_batchnorm import FoldBatchNormPass, FoldBatchNormResult
@@ -21,6 +22,8 @@ from onnxq.passes.widen_weights_to_int8 import (
 )
 
 __all__ = [
+    "CanonicalizePass",
+    "CanonicalizeResult",
     "CorrectBiasPass",
     "CorrectBiasResult",
     "DecomposeScalesPass",

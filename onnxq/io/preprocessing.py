@@ -19,15 +19,30 @@ _INTERPOLATIONS = {
 }
 
 
+#: Channel orders of the model input.
+CHANNEL_ORDERS = ("rgb", "bgr")
+#: Pixel ranges of the model input before normalisation: 0–1 or 0–255.
+INPUT_RANGES = (1, 255)
+#: torchvision's ratio of crop to resize (224 of 256).
+CROP_RATIO = 224 / 256
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
-    """Resize the short side, centre-crop, scale to [0, 1], normalise per channel (RGB, NCHW)."""
+    """Resize the short side, centre-crop, scale the pixels to ``[0, input_range]``, order the
+    channels (``rgb`` or ``bgr``), normalise per channel; NCHW.
+
+    ``mean`` and ``std`` are per input channel, in the input's channel order and pixel range
+    (Caffe models: ``bgr``, range 255, mean ``(103.94, 116.78, 123.68)``, std 1).
+    """
 
     resize: int = 256
     crop: int = 224
     interpolation: str = "bilinear"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    channels: str = "rgb"
+    input_range: int = 1
 
     def __post_init__(self) -> None:
         if self.interpolation not in _INTERPOLATIONS:
@@ -39,6 +54,12 @@ class Preprocessing:
             raise OnnxqError(f"crop {self.crop} must be between 1 and the resize {self.resize}")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise OnnxqError("preprocessing mean and std need one value per RGB channel")
+        if self.channels not in CHANNEL_ORDERS:
+            raise OnnxqError(
+                f"unknown channel order {self.channels!r} (choose from {', '.join(CHANNEL_ORDERS)})"
+            )
+        if self.input_range not in INPUT_RANGES:
+            raise OnnxqError(f"input_range must be 1 or 255, got {self.input_range}")
         if not all(math.isfinite(v) for v in self.mean + self.std) or min(self.std) <= 0:
             raise OnnxqError(
                 f"preprocessing std must be positive and mean/std finite, got mean {list(self.mean)} "
@@ -46,7 +67,22 @@ class Preprocessing:
             )
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """JSON of the fields; channel order and range only where they are not the defaults,
+        so that descriptions written before they existed read back unchanged."""
+        fields = dataclasses.asdict(self)
+        for name in ("channels", "input_range"):
+            if fields[name] == _DEFAULTS[name]:
+                del fields[name]
+        return json.dumps(fields, sort_keys=True)
+
+    def describe(self) -> str:
+        """``"resize 256, crop 224, bilinear, RGB 0–1, mean …, std …"``."""
+        values = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"  # noqa: E731
+        return (
+            f"resize {self.resize}, crop {self.crop}, {self.interpolation}, "
+            f"{self.channels.upper()} 0–{self.input_range}, mean {values(self.mean)}, "
+            f"std {values(self.std)}"
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Preprocessing:
@@ -58,6 +94,8 @@ class Preprocessing:
                 interpolation=str(data["interpolation"]),
                 mean=tuple(float(v) for v in data["mean"]),
                 std=tuple(float(v) for v in data["std"]),
+                channels=str(data.get("channels", _DEFAULTS["channels"])),
+                input_range=int(data.get("input_range", _DEFAULTS["input_range"])),
             )
         except (ValueError, KeyError, TypeError) as error:
             raise OnnxqError(f"invalid preprocessing description {text!r}: {error}") from None
@@ -65,7 +103,11 @@ class Preprocessing:
     def load(self, path: str) -> np.ndarray:
         """Read one image file as a normalised ``[3, crop, crop]`` float32 array."""
         image = self._center_crop(self._resize_short_side(read_rgb(path)))
-        array = np.asarray(image, dtype=np.float32) / 255.0
+        array = np.asarray(image, dtype=np.float32)
+        if self.input_range != 255:
+            array = array / 255.0
+        if self.channels == "bgr":
+            array = array[:, :, ::-1]
         array = (array - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(array.transpose(2, 0, 1))
 
@@ -83,13 +125,23 @@ class Preprocessing:
         return image.crop((left, top, left + self.crop, top + self.crop))
 
 
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(Preprocessing)}
+
 PRESETS = {
     "torchvision": Preprocessing(),
     "efficientnet-lite": Preprocessing(
         interpolation="bilinear", mean=(127.0 / 255,) * 3, std=(128.0 / 255,) * 3
     ),
     "inception": Preprocessing(resize=342, crop=299, mean=(0.5,) * 3, std=(0.5,) * 3),
+    "caffe": Preprocessing(
+        mean=(103.939, 116.779, 123.68), std=(1.0,) * 3, channels="bgr", input_range=255
+    ),
 }
+
+
+def for_input_size(size: int, base: Preprocessing = PRESETS["torchvision"]) -> Preprocessing:
+    """``base`` with its crop set to ``size`` and the resize scaled as torchvision's 224/256."""
+    return dataclasses.replace(base, crop=size, resize=max(size, round(size / CROP_RATIO)))
 
 
 def resolve(text: str | None) -> Preprocessing | None:

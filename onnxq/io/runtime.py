@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 
+import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
@@ -100,7 +101,57 @@ def create_session(
             "ONNX Runtime could not start its CUDA execution provider (CUDA 12/13 or cuDNN 9 "
             "libraries missing? pip install 'onnxruntime-gpu[cuda,cudnn]'); use --ep cpu or auto"
         )
-    return session
+    batch = fixed_batch(session)
+    return FixedBatchSession(session, batch) if batch is not None else session
+
+
+def fixed_batch(session: ort.InferenceSession) -> int | None:
+    """The batch size the model's first input fixes, or None when it is dynamic."""
+    shape = session.get_inputs()[0].shape
+    return shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+
+
+class FixedBatchSession:
+    """A session over a model with a fixed batch dimension that runs any batch size.
+
+    ``run`` cuts the inputs into batches of the model's size (the last one padded with copies
+    of its last image), runs each and joins the outputs, dropping the rows of the padding.
+    Everything else is the wrapped session's.
+    """
+
+    def __init__(self, session: ort.InferenceSession, batch: int) -> None:
+        self.session = session
+        self.batch = batch
+
+    def __getattr__(self, name: str):
+        return getattr(self.session, name)
+
+    def run(self, output_names, feeds: Mapping[str, np.ndarray], *args, **kwargs) -> list:
+        count = len(next(iter(feeds.values())))
+        if count == self.batch:
+            return self.session.run(output_names, feeds, *args, **kwargs)
+        chunks = []
+        for start in range(0, count, self.batch):
+            part = {name: _padded(array[start : start + self.batch], self.batch)
+                    for name, array in feeds.items()}
+            chunks.append((min(self.batch, count - start), self.session.run(output_names, part)))
+        return [_joined([(n, outputs[i]) for n, outputs in chunks], self.batch)
+                for i in range(len(chunks[0][1]))]
+
+
+def _padded(array: np.ndarray, batch: int) -> np.ndarray:
+    missing = batch - len(array)
+    return array if missing == 0 else np.concatenate([array, np.repeat(array[-1:], missing, 0)])
+
+
+def _joined(parts: list[tuple[int, np.ndarray]], batch: int) -> np.ndarray:
+    """One output of every batch, without the padding's rows; an output that is not batch-major
+    (a scalar, a shape) is the first batch's."""
+    first = parts[0][1]
+    if first.ndim == 0 or first.shape[0] % batch:
+        return first
+    rows = first.shape[0] // batch
+    return np.concatenate([output[: count * rows] for count, output in parts])
 
 
 def active_provider(session: ort.InferenceSession) -> str:

@@ -10,10 +10,10 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxq.base import metadata, outputs
+from onnxq.base import metadata, outputs, progress
 from onnxq.base.errors import OnnxqError
-from onnxq.io.preprocessing import Preprocessing
-from onnxq.passes import FoldBatchNormPass
+from onnxq.io.preprocessing import PRESETS, Preprocessing, for_input_size
+from onnxq.passes import CanonicalizePass, CanonicalizeResult
 
 TARGET_OPSET = 21
 MIN_IR_VERSION = 10  # int4 tensors and opset 21 need IR version 10
@@ -124,20 +124,9 @@ def _first_line(error: BaseException) -> str:
     return text[:300] if text else type(error).__name__
 
 
-def canonicalize(model: ir.Model) -> None:
+def canonicalize(model: ir.Model) -> CanonicalizeResult:
     """Bring any model into the form the quantization passes expect (in place)."""
-    common = ir.passes.common
-    ir.passes.PassManager(
-        [
-            common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0),
-            common.RemoveInitializersFromInputsPass(),
-            FoldBatchNormPass(),
-            common.IdentityEliminationPass(),
-            common.RemoveUnusedNodesPass(),
-            common.NameFixPass(),
-            common.TopologicalSortPass(),
-        ]
-    )(model)
+    return CanonicalizePass()(model)
 
 
 def save_model(model: ir.Model, path: str | os.PathLike, check: bool = True) -> None:
@@ -162,6 +151,40 @@ def get_preprocessing(model: ir.Model) -> Preprocessing | None:
     """The preprocessing recorded by ``onnxq export``, if any."""
     text = model.metadata_props.get(metadata.PREPROCESSING)
     return Preprocessing.from_json(text) if text else None
+
+
+def choose_preprocessing(
+    model: ir.Model, given: Preprocessing | None, name: str | os.PathLike
+) -> Preprocessing:
+    """``given``, else the recorded preprocessing, else torchvision's with the crop the input
+    shape fixes (said in a note). ``OnnxqError`` when the crop disagrees with a fixed input."""
+    chosen = given or get_preprocessing(model)
+    size = input_size(model)
+    if chosen is None:
+        chosen = PRESETS["torchvision"] if size is None else for_input_size(size)
+        source = "torchvision's"
+        if size not in (None, 224):
+            source += f", crop {size} from the input shape"
+        progress.status(
+            f"[yellow]note:[/] {Path(name).name} records no preprocessing; using {source} "
+            f"({chosen.describe()}). Pass --preprocess to change it."
+        )
+    if size is not None and chosen.crop != size:
+        raise OnnxqError(
+            f"{name}: its input is {size}×{size} but the preprocessing crops {chosen.crop}×"
+            f"{chosen.crop}; pass --preprocess with \"crop\": {size}"
+        )
+    return chosen
+
+
+def input_size(model: ir.Model) -> int | None:
+    """The fixed, square spatial size of the model's image input, if it has one."""
+    inputs = [value for value in model.graph.inputs if not value.is_initializer()]
+    shape = inputs[0].shape if inputs else None
+    if shape is None or len(shape) != 4:
+        return None
+    height, width = shape[2], shape[3]
+    return height if isinstance(height, int) and height == width else None
 
 
 def set_preprocessing(model: ir.Model, preprocessing: Preprocessing) -> None:

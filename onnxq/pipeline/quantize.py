@@ -25,7 +25,7 @@ from onnxq.core.weight_quantization import (
     groups_per_channel,
 )
 from onnxq.io.data import ImageSet
-from onnxq.io.preprocessing import PRESETS, Preprocessing
+from onnxq.io.preprocessing import Preprocessing
 from onnxq.passes import (
     CorrectBiasPass,
     DecomposeScalesPass,
@@ -79,7 +79,7 @@ def quantize(
     if calibration_images is not None:  # sessions will run images through it
         modelio.check_classifier(model, name)
     config = _resolve(config, calibrated=calibration_images is not None)
-    preprocessing = preprocessing or modelio.get_preprocessing(model) or PRESETS["torchvision"]
+    preprocessing = modelio.choose_preprocessing(model, preprocessing, name)
     sample = (
         calibration_images.sample(config.calib_size, config.seed)
         if calibration_images is not None
@@ -110,6 +110,7 @@ def quantize(
     InsertFeatureQDQPass(plan.features, features)(model)
     if rounding is not None and config.bias_correction:
         CorrectBiasPass(rounding.bias_shifts(weights))(model)
+    modelio.set_preprocessing(model, preprocessing)
     model.metadata_props[metadata.QUANTIZATION] = config.to_json()
     model.metadata_props[metadata.VERSION] = __version__
     if selection:
@@ -211,11 +212,7 @@ def quantize_file(
     modelio.check_float_model(model, source)
     if calibration_images is not None:
         modelio.check_classifier(model, source)
-    if preprocessing is None and modelio.get_preprocessing(model) is None:
-        progress.status(
-            "[yellow]note:[/] the model records no preprocessing; using torchvision's "
-            "(resize 256, crop 224, ImageNet mean/std). Pass --preprocess to change it."
-        )
+    preprocessing = modelio.choose_preprocessing(model, preprocessing, source)
     result = quantize(
         model, config, calibration_images, preprocessing, batch_size, ep, verify=verify,
         select=select,

@@ -62,6 +62,8 @@ def evaluate(
         start = time.perf_counter()
         logits = session.run(None, {input_name: pixels})[0]
         seconds += time.perf_counter() - start
+        if logits.ndim > 2 and all(d == 1 for d in logits.shape[2:]):  # [N, classes, 1, 1]
+            logits = logits.reshape(logits.shape[:2])
         if logits.ndim != 2:
             raise OnnxqError(f"expected logits [N, classes], the model returned shape {logits.shape}")
         best5 = np.argsort(-logits, axis=1, kind="stable")[:, :5]
