@@ -96,8 +96,12 @@ def _import_torch():
 
 
 def _trace(torch, module, size: int) -> ir.Model:
-    example = (torch.randn(1, 3, size, size),)
-    batch = torch.export.Dim("batch", min=1, max=1024)
+    """The ONNX program of ``module`` with a dynamic batch named ``batch``.
+
+    The example has two images and the batch is ``Dim.DYNAMIC``: with one image, or a fixed
+    range, torch specialises some models (ConvNeXt, Swin, ViT) to a batch of 1 or fails.
+    """
+    example = (torch.randn(2, 3, size, size),)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -107,11 +111,21 @@ def _trace(torch, module, size: int) -> ir.Model:
             opset_version=modelio.TARGET_OPSET,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
             optimize=True,
             verbose=False,
         )
-    return program.model
+    model = program.model
+    _name_batch_dimension(model)
+    return model
+
+
+def _name_batch_dimension(model: ir.Model) -> None:
+    """Call the symbolic first dimension of every graph input and output ``batch``."""
+    for value in [*model.graph.inputs, *model.graph.outputs]:
+        shape = value.shape
+        if shape is not None and len(shape) and not isinstance(shape[0], int):
+            value.shape = ir.Shape(["batch", *list(shape)[1:]])
 
 
 def _clean(model: ir.Model) -> None:

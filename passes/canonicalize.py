@@ -36,7 +36,7 @@ _SIZE_LIMIT = 2**40
 
 @dataclasses.dataclass
 class CanonicalizeResult(ir.passes.PassResult):
-    """``removed``/``added``: how many nodes of each op type went or came."""
+    """``removed``/``added``: by op type, how many nodes fewer or more there are (net)."""
 
     removed: dict[str, int]
     added: dict[str, int]

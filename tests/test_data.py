@@ -71,3 +71,21 @@ def test_batches_keep_order_and_labels(sample_images):
     assert [len(b[0]) for b in batches] == [4, 4, 2]
     assert np.concatenate([b[1] for b in batches]).tolist() == list(subset.labels)
     np.testing.assert_array_equal(batches[2][0][1], PRESETS["efficientnet-lite"].load(str(subset.files[9])))
+
+
+def test_bgr_0_to_255_preprocessing_and_the_caffe_preset(sample_images):
+    path = str(sample_images.files[0])
+    rgb = Preprocessing(mean=(0.0,) * 3, std=(1.0,) * 3).load(path)
+    caffe = PRESETS["caffe"]
+    assert (caffe.channels, caffe.input_range) == ("bgr", 255)
+    expected = rgb[::-1] * 255 - np.asarray(caffe.mean, np.float32)[:, None, None]
+    np.testing.assert_allclose(caffe.load(path), expected, rtol=1e-5, atol=1e-3)
+    assert Preprocessing.from_json(caffe.to_json()) == caffe
+    # descriptions written before channel order and range existed read back, and are written so
+    old = '{"crop": 224, "interpolation": "bilinear", "mean": [0.485, 0.456, 0.406], "resize": 256, "std": [0.229, 0.224, 0.225]}'
+    assert Preprocessing.from_json(old) == PRESETS["torchvision"]
+    assert PRESETS["torchvision"].to_json() == old
+    with pytest.raises(OnnxqError, match="unknown channel order 'grb'"):
+        Preprocessing(channels="grb")
+    with pytest.raises(OnnxqError, match="input_range must be 1 or 255"):
+        Preprocessing(input_range=100)

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -66,3 +68,37 @@ def test_save_is_atomic_and_checked(tmp_path, tiny_path):
     with pytest.raises(Exception):
         modelio.save_model(model, target)
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def _with_input_size(proto: onnx.ModelProto, size: int) -> onnx.ModelProto:
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value = dims[3].dim_value = size
+    del proto.metadata_props[:]  # no recorded preprocessing
+    return proto
+
+
+def test_preprocessing_follows_a_fixed_input_size_and_is_recorded(tmp_path, sample_images, capsys):
+    from onnxq.base import progress
+    from onnxq.core.config import QuantConfig
+    from onnxq.core.schemes import Scheme
+    from onnxq.io.preprocessing import PRESETS
+    from onnxq.pipeline.quantize import quantize_file
+
+    source, output = tmp_path / "net.onnx", tmp_path / "q.onnx"
+    onnx.save(_with_input_size(tiny_cnn(), 227), str(source))
+    model = modelio.load_model(source)
+    progress.set_quiet(False)
+    try:
+        chosen = modelio.choose_preprocessing(model, None, source)
+    finally:
+        progress.set_quiet(True)
+    assert (chosen.crop, chosen.resize) == (227, 259)
+    assert "crop 227 from the input shape" in " ".join(capsys.readouterr().err.split())
+    with pytest.raises(OnnxqError, match="input is 227×227 but the preprocessing crops 224×224"):
+        modelio.choose_preprocessing(model, PRESETS["caffe"], source)
+
+    config = QuantConfig(weights=Scheme.parse("per-channel-symmetric", bits=8),
+                         features=Scheme.parse("per-tensor-affine", bits=8), calib_size=2)
+    caffe_227 = dataclasses.replace(PRESETS["caffe"], crop=227)
+    quantize_file(source, output, config, sample_images.head(2), caffe_227)
+    assert modelio.get_preprocessing(modelio.load_model(output)) == caffe_227

@@ -124,6 +124,36 @@ def test_auto_placement_fuses_w8a8_only():
     assert resolve_placement("inputs", W8, A8) == "inputs"
 
 
+def _graph_with(op_type: str, output: bool) -> ir.Graph:
+    """input → Relu → ``op_type`` (→ Relu unless ``output``): ``op_type`` writes the output."""
+    x = ir.val("input", ir.DataType.FLOAT, ir.Shape([1, 4]))
+    relu = ir.node("Relu", [x])
+    special = ir.node(op_type, relu.outputs, {"axis": -1} if op_type == "Softmax" else {})
+    nodes = [relu, special]
+    if not output:
+        nodes.append(ir.node("Relu", special.outputs))
+    return ir.Graph([x], [nodes[-1].outputs[0]], nodes=nodes)
+
+
+def test_auto_placement_keeps_transformers_on_inputs(tiny_path, sample_images):
+    from onnxq.analysis.placement import has_transformer_ops
+
+    assert resolve_placement_of(W8, A8, transformer=True) == "inputs"
+    assert has_transformer_ops(_graph_with("LayerNormalization", output=False))
+    assert has_transformer_ops(_graph_with("Softmax", output=False))  # attention
+    assert not has_transformer_ops(_graph_with("Softmax", output=True))  # a classifier's head
+    model = modelio.load_model(tiny_path)
+    assert not has_transformer_ops(model.graph)
+    result = quantize(model, QuantConfig(weights=W8, features=A8, calib_size=4),
+                      sample_images.head(4), TINY_PREPROCESSING)
+    assert result.config.placement == "fused"
+
+
+def resolve_placement_of(weights: Scheme, features: Scheme, transformer: bool) -> str:
+    config = QuantConfig(weights, features)
+    return config.resolved(calibrated=True, transformer=transformer).placement
+
+
 @pytest.mark.slow
 def test_efficientnet_w8a8_fused_runs_as_integer_kernels(effnet_path, sample_images, tmp_path):
     from onnxq.reporting import evaluate

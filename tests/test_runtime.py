@@ -7,6 +7,7 @@ which is exactly the fallback ``--ep cuda`` must refuse.
 
 from __future__ import annotations
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 from tiny_models import tiny_cnn
@@ -69,3 +70,20 @@ def test_cpu_sessions_keep_integer_kernels(model_bytes, monkeypatch) -> None:
     runtime.create_session(model_bytes, ep="cpu")
     with pytest.raises(RuntimeError, match="does not have configuration"):
         seen[0].get_session_config_entry(key)  # never set
+
+
+@pytest.mark.parametrize("fixed", [1, 3])
+def test_a_fixed_batch_model_runs_any_batch(fixed) -> None:
+    proto = tiny_cnn()
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = fixed
+    dynamic = runtime.create_session(tiny_cnn().SerializeToString(), "cpu")
+    session = runtime.create_session(proto.SerializeToString(), "cpu")
+    assert isinstance(session, runtime.FixedBatchSession) and session.batch == fixed
+    assert not isinstance(dynamic, runtime.FixedBatchSession)
+    pixels = np.random.default_rng(0).normal(size=(7, 3, 32, 32)).astype(np.float32)
+    (expected,) = dynamic.run(None, {"input": pixels})
+    (logits,) = session.run(None, {"input": pixels})
+    assert logits.shape == expected.shape == (7, 10)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+    assert session.get_inputs()[0].shape[0] == fixed  # the rest is the wrapped session's

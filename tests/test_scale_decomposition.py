@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from onnxq.passes import DecomposeScalesPass, DecomposeScalesResult, QuantizeWeightsPass
 
 from onnxq.analysis.plan import make_plan
 from onnxq.base.errors import OnnxqError
@@ -23,7 +24,6 @@ from onnxq.core.scale_decomposition import (
 )
 from onnxq.core.schemes import Scheme
 from onnxq.core.weight_quantization import quantize_weight
-from onnxq.passes import DecomposeScalesPass, DecomposeScalesResult, QuantizeWeightsPass
 from onnxq.pipeline import layer_rounding, modelio
 from onnxq.pipeline.quantize import quantize
 

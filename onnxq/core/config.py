@@ -99,18 +99,21 @@ class QuantConfig:
                 f"unknown --rounding {self.rounding!r} (choose from {', '.join(ROUNDINGS + (AUTO,))})"
             )
 
-    def resolved(self, calibrated: bool) -> QuantConfig:
-        """This config with every ``auto`` decided; ``calibrated``: calibration images are given.
+    def resolved(self, calibrated: bool, transformer: bool = False) -> QuantConfig:
+        """This config with every ``auto`` decided; ``calibrated``: calibration images are given;
+        ``transformer``: the graph has transformer ops (``placement.TRANSFORMER_OPS``).
 
         * placement ``auto``: ``fused`` (the layout ONNX Runtime runs as int8 kernels) when
-          weights and features are both 8-bit, else ``inputs``;
+          weights and features are both 8-bit and the graph is no transformer, else ``inputs``
+          (fused per-tensor ranges on a transformer's residual stream, attention and GELU drop
+          ViT-B/16's logit cosine with fp32 to 0.75; ``inputs`` keeps it above 0.998);
         * rounding ``auto``: ``gptq`` for weights under 8 bits when calibrated, else ``nearest``;
         * bias correction unset: on with ``gptq`` rounding.
         """
         placement = self.placement
         if placement == AUTO:
             eight_bit = self.features is not None and self.weights.bits == self.features.bits == 8
-            placement = "fused" if eight_bit else "inputs"
+            placement = "fused" if eight_bit and not transformer else "inputs"
         rounding = self.rounding
         if rounding == AUTO:
             rounding = "gptq" if self.weights.bits < 8 and calibrated else "nearest"

@@ -20,12 +20,23 @@ MIN_IR_VERSION = 10  # int4 tensors and opset 21 need IR version 10
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
-    """Load an ONNX model, convert it to opset 21 if older, and canonicalise it.
+    """Load an ONNX model, convert it to opset 21 if older, and canonicalise it; a note says
+    what changed (nothing for a model already canonical).
 
-    Canonical form: constants as initializers, BatchNormalization folded, every node and value
-    named, nodes in topological order. Raises ``OnnxqError`` for anything the user must fix.
+    Canonical form (``CanonicalizePass``): constant subgraphs folded into initializers, no
+    Identity, BatchNormalization folded, every node and value named, nodes in topological
+    order. Raises ``OnnxqError`` for anything the user must fix.
     """
+    model, changes = load_model_and_changes(path)
+    if changes:
+        progress.status(f"[yellow]note:[/] {Path(path).name}: {changes}")
+    return model
+
+
+def load_model_and_changes(path: str | os.PathLike) -> tuple[ir.Model, str]:
+    """``load_model`` without the note: the model and what loading changed, in words."""
     proto = _read_proto(Path(path))
+    opset = _standard_opset(proto, path)
     proto = _to_target_opset(proto, path)
     try:
         check_proto(proto)
@@ -33,8 +44,11 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise OnnxqError(f"{path}: invalid ONNX model: {_first_line(error)}") from None
     model = ir.serde.deserialize_model(proto)
     model.ir_version = max(model.ir_version, MIN_IR_VERSION)
-    canonicalize(model)
-    return model
+    changes = [f"opset {opset} converted to {TARGET_OPSET}"] if opset < TARGET_OPSET else []
+    summary = canonicalize(model).summary()
+    if summary:
+        changes.append(f"canonicalized ({summary})")
+    return model, "; ".join(changes)
 
 
 def _read_proto(path: Path) -> onnx.ModelProto:
@@ -53,10 +67,15 @@ def _read_proto(path: Path) -> onnx.ModelProto:
     return proto
 
 
-def _to_target_opset(proto: onnx.ModelProto, path: str | os.PathLike) -> onnx.ModelProto:
+def _standard_opset(proto: onnx.ModelProto, path: str | os.PathLike) -> int:
     version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if version is None:
         raise OnnxqError(f"{path}: the model imports no standard ONNX opset")
+    return version
+
+
+def _to_target_opset(proto: onnx.ModelProto, path: str | os.PathLike) -> onnx.ModelProto:
+    version = _standard_opset(proto, path)
     if version >= TARGET_OPSET:
         return proto
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx_ir as ir
 
 from onnxq import __version__
+from onnxq.analysis.placement import has_transformer_ops
 from onnxq.analysis.plan import QuantPlan, WeightTarget, make_plan
 from onnxq.base import metadata, progress
 from onnxq.base.constants import AUTO
@@ -78,7 +79,7 @@ def quantize(
     modelio.check_float_model(model, name)
     if calibration_images is not None:  # sessions will run images through it
         modelio.check_classifier(model, name)
-    config = _resolve(config, calibrated=calibration_images is not None)
+    config = _resolve(config, calibration_images is not None, has_transformer_ops(model.graph))
     preprocessing = modelio.choose_preprocessing(model, preprocessing, name)
     sample = (
         calibration_images.sample(config.calib_size, config.seed)
@@ -130,9 +131,9 @@ def quantize(
     )
 
 
-def _resolve(config: QuantConfig, calibrated: bool) -> QuantConfig:
+def _resolve(config: QuantConfig, calibrated: bool, transformer: bool) -> QuantConfig:
     """``config.resolved``, with a note when 4-bit weights lose GPTQ for want of images."""
-    resolved = config.resolved(calibrated)
+    resolved = config.resolved(calibrated, transformer)
     if config.rounding == AUTO and config.weights.bits < 8 and not calibrated:
         progress.status(
             f"[yellow]note:[/] {config.weights.bits}-bit weights are rounded to nearest without "

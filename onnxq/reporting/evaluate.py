@@ -79,3 +79,26 @@ def evaluate(
         provider=runtime.active_provider(session),
         predictions=tuple(predictions),
     )
+
+
+def logit_cosines(
+    reference: ir.Model | str,
+    model: ir.Model | str,
+    images: data.ImageSet,
+    preprocessing: Preprocessing,
+    batch_size: int = 32,
+    ep: str = "auto",
+) -> np.ndarray:
+    """Per image, the cosine between ``model``'s logits and ``reference``'s (e.g. fp32's)."""
+    sessions = [runtime.create_session(m, ep) for m in (reference, model)]
+    names = [session.get_inputs()[0].name for session in sessions]
+    cosines = []
+    batches = data.iter_batches(images, preprocessing, batch_size)
+    for pixels, _ in progress.track(batches, "comparing logits", len(images), lambda b: len(b[0])):
+        a, b = (
+            s.run(None, {name: pixels})[0].reshape(len(pixels), -1).astype(np.float64)
+            for s, name in zip(sessions, names)
+        )
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cosines.append((a * b).sum(axis=1) / np.maximum(norms, np.finfo(np.float64).tiny))
+    return np.concatenate(cosines)
