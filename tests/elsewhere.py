@@ -26,16 +26,17 @@ class Source:
     name: str
     source: str
     opset: int
-    torchvision: str | None = None  # torchvision builder; None: a light_*.onnx file
+    builder: str | None = None  # a torchvision name or efficientnet_lite0; None: light_*
     fixed_batch: bool = True
+    preprocess: str | None = None  # the --preprocess the model needs (it records none)
 
     def path(self, folder: Path) -> Path:
         """The model file, generated into ``folder`` on the first request."""
-        if self.torchvision is None:
+        if self.builder is None:
             return LIGHT_DIR / f"{self.name}.onnx"
         path = folder / f"{self.name}.onnx"
         if not path.exists():
-            export_plain(self.torchvision, path, self.opset, self.fixed_batch)
+            export_plain(self.builder, path, self.opset, self.fixed_batch)
         return path
 
 
@@ -58,16 +59,25 @@ def torch_sources() -> list[Source]:
                 )
     sources.append(Source("convnext_tiny_opset17_b1", "torch.onnx.export (TorchScript, no "
                           "constant folding), random weights", 17, "convnext_tiny", True))
+    sources.append(Source("efficientnet_lite0_opset13_b1", "torch.onnx.export (TorchScript, no "
+                          "constant folding), real ImageNet weights", 13, "efficientnet_lite0",
+                          True, "efficientnet-lite"))
     return sources
 
 
 def export_plain(name: str, path: Path, opset: int, fixed_batch: bool) -> None:
-    """``torchvision.models.<name>`` with seeded random weights, exported as a user would."""
+    """``torchvision.models.<name>`` with seeded random weights (EfficientNet-Lite0: its real
+    weights), exported as a user would."""
     import torch
     import torchvision
 
     torch.manual_seed(0)
-    module = getattr(torchvision.models, name)(weights=None).eval()
+    if name == "efficientnet_lite0":
+        from onnxq.models import efficientnet_lite
+
+        module = efficientnet_lite.build(name, None, False)[0].eval()
+    else:
+        module = getattr(torchvision.models, name)(weights=None).eval()
     with torch.no_grad():  # zero-initialised heads (ViT) would give all-zero logits
         for parameter in module.parameters():
             if parameter.dim() > 1 and not parameter.any():

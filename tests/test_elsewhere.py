@@ -47,8 +47,9 @@ def test_model_from_elsewhere(source, tmp_path_factory, calibration_dir, sample_
     path = source.path(folder)
     for name, extra in (("w8a8", []), ("w4", W4)):
         output = folder / f"{name}.onnx"
+        given = ["--preprocess", source.preprocess] if source.preprocess else []
         onnxq("quantize", path, "-o", output, "--calib", calibration_dir, "--calib-size", 8,
-              "--reorder", "auto", "--verify", *extra)
+              "--reorder", "auto", "--verify", *given, *extra)
         onnxq("eval", output, "--data", sample_dir, "--limit", 4)
         onnxq("report", output)
         model = modelio.load_model(output)

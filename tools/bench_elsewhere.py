@@ -26,6 +26,7 @@ from elsewhere import light_sources, reads_quantized_weight, torch_sources  # no
 
 from onnxq.base import progress  # noqa: E402
 from onnxq.io import data  # noqa: E402
+from onnxq.io import preprocessing as preprocessing_module  # noqa: E402
 from onnxq.pipeline import modelio  # noqa: E402
 from onnxq.reporting import evaluate  # noqa: E402
 
@@ -44,14 +45,16 @@ def onnxq(*args) -> subprocess.CompletedProcess:
 def measure(source, folder: Path, calib: Path, evaluation, calib_size: int) -> dict:
     path = source.path(folder)
     model, changes = modelio.load_model_and_changes(path)
-    preprocessing = modelio.choose_preprocessing(model, None, path)
+    preset = preprocessing_module.resolve(source.preprocess)
+    preprocessing = modelio.choose_preprocessing(model, preset, path)
+    given = ["--preprocess", source.preprocess] if source.preprocess else []
     row = {"model": source.name, "source": source.source, "opset": source.opset,
            "changes": changes or "nothing"}
     start = time.perf_counter()
     for name, extra in (("w8a8", []), ("w4a8", W4)):
         output = folder / f"{source.name}_{name}.onnx"
         onnxq("quantize", path, "-o", output, "--calib", calib, "--calib-size", calib_size,
-              "--reorder", "auto", "--verify", *extra)
+              "--reorder", "auto", "--verify", *given, *extra)
         onnxq("eval", output, "--data", SAMPLE, "--limit", 8)
         onnxq("report", output)
         quantized = modelio.load_model(output)
