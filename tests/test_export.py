@@ -41,6 +41,15 @@ def test_torchvision_export_with_random_weights(tmp_path, name, convs):
     assert preprocessing.crop == 224 and preprocessing.mean == (0.485, 0.456, 0.406)
 
 
+@pytest.mark.parametrize("name", ["convnext_tiny", "swin_t", "vit_b_16"])
+def test_transformer_style_exports_keep_a_dynamic_batch(tmp_path, name):
+    """Traced on one image, torch specialised these to a batch of 1 (or failed)."""
+    result = export_model(name, tmp_path / f"{name}.onnx", random_weights=True)
+    assert result.max_abs_difference < 1e-3
+    proto = _check_exported(result.path, 224)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
 def test_export_without_weights_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     with pytest.raises(OnnxqError, match="no pretrained weights for resnet18.*--random-weights"):
