@@ -11,9 +11,9 @@ Sort keys: ``absmax`` / ``max`` of the calibrated activations that the consumers
 ``weight-absmax`` / ``weight-max`` of the consumers' weights per input channel. Consumers whose
 weights are grouped across channels (not depthwise) decide the key when a set has any. With
 ``auto`` each group of sets takes the key whose order gives the lowest estimated quantization
-error of its consumers (``onnxq.calibration.quant_error``), and keeps its order unless that lowers the
-estimate by ``MIN_GAIN`` (1%) or more; orders that cannot matter (per-channel weights and
-per-tensor features) are thereby left alone.
+error of its consumers (``onnxq.calibration.quant_error``), and keeps its order unless that
+lowers the estimate by ``MIN_GAIN`` (1%) or more; orders that cannot matter (per-channel weights
+and per-tensor features) are thereby left alone.
 """
 
 from __future__ import annotations
@@ -82,8 +82,8 @@ class ReorderPass(ir.passes.InPlacePass):
     their channel statistics. ``quantization`` maps consumer nodes to their ``(weight scheme,
     feature scheme)`` for ``auto``; without statistics ``auto`` weighs all channels alike.
     The result's ``records`` tell, per group of linked sets, what was permuted or skipped and
-    why. With
-    ``verify`` the outputs before and after must agree within ``onnxq.analysis.equivalence.TOLERANCE``.
+    why. With ``verify`` the outputs before and after must agree within
+    ``onnxq.analysis.equivalence.TOLERANCE``.
     """
 
     def __init__(

@@ -1,11 +1,12 @@
 """SmoothQuant for convolutions: move activation range into the weights that read it.
 
-For each channel set (see ``onnxq.analysis.channels``) with activation ranges ``a_j`` (calibration) and
-weight ranges ``w_j`` (the largest ``|w|`` of the consumers' weights that multiply channel
-``j``), the scale ``s_j = a_j^α / w_j^(1-α)`` divides the set's tensors and multiplies the
-consumers' input channels. With ``alpha="auto"`` each set takes the α of a grid that minimises
-the estimated output error of its consumers once quantized (``onnxq.calibration.quant_error``), and is left
-alone unless that lowers the estimate by ``MIN_GAIN`` (25%) or more.
+For each channel set (see ``onnxq.analysis.channels``) with activation ranges ``a_j``
+(calibration) and weight ranges ``w_j`` (the largest ``|w|`` of the consumers' weights that
+multiply channel ``j``), the scale ``s_j = a_j^α / w_j^(1-α)`` divides the set's tensors and
+multiplies the consumers' input channels. With ``alpha="auto"`` each set takes the α of a grid
+that minimises the estimated output error of its consumers once quantized
+(``onnxq.calibration.quant_error``), and is left alone unless that lowers the estimate by
+``MIN_GAIN`` (25%) or more.
 
 The division is folded into the producers' weights and biases, which is exact when every op of
 the set commutes with a positive per-channel scale (Relu, MaxPool, Add of members, ...). A set
@@ -107,7 +108,8 @@ class SmoothPass(ir.passes.InPlacePass):
     be None), which ``alpha="auto"`` needs to estimate quantization errors.
     The result's ``records`` tell, per set, what was folded, what got an explicit Mul and what
     was skipped and why. With ``verify`` the pass runs the model before and after (on ``verify_inputs`` or
-    random inputs) and fails if an output moved by more than ``onnxq.analysis.equivalence.TOLERANCE``.
+    random inputs) and fails if an output moved by more than
+    ``onnxq.analysis.equivalence.TOLERANCE``.
     """
 
     def __init__(

@@ -25,8 +25,8 @@ class QuantConfig:
     ``features`` is None for weight-only quantization. ``keep_8bit`` names layers that keep
     8-bit weights and features: ``first``, ``last``, node names, or op types (all nodes of that
     type). ``ops`` are the op types whose inputs are quantized. ``placement`` says where feature
-    Q/DQ pairs go (see ``onnxq.analysis.placement``): on the ``inputs`` of those ops, or ``fused``, the
-    layout ONNX Runtime runs as integer kernels.
+    Q/DQ pairs go (see ``onnxq.analysis.placement``): on the ``inputs`` of those ops, or
+    ``fused``, the layout ONNX Runtime runs as integer kernels.
 
     The channel passes run first, on the float model: ``smooth_alpha`` (None: off; ``"auto"``:
     searched per set) migrates activation range into weights with ``s = (absmax·k)^α /

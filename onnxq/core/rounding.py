@@ -2,10 +2,10 @@
 
 Round-to-nearest minimises ``‖W − Ŵ‖²``; what matters is the layer output, ``‖(W − Ŵ) X‖²``
 over the layer's inputs ``X``, i.e. ``tr(ΔW H ΔWᵀ)`` with ``H = E[x xᵀ]`` (see
-``onnxq.calibration.layer_inputs``). ``gptq_codes`` rounds one input column at a time and spreads each
-column's rounding error over the columns not yet rounded, through the Cholesky factor of ``H⁻¹``
-(optimal brain quantization, as in GPTQ). The grid (scale and zero point of every weight) is
-given and never changes, so the result is stored exactly like a round-to-nearest weight.
+``onnxq.calibration.layer_inputs``). ``gptq_codes`` rounds one input column at a time and
+spreads each column's rounding error over the columns not yet rounded, through the Cholesky factor
+of ``H⁻¹`` (optimal brain quantization, as in GPTQ). The grid (scale and zero point of every
+weight) is given and never changes, so the result is stored exactly like a round-to-nearest weight.
 
 Arrays are laid out ``[g, R, D]``: ``g`` Conv groups (1 for dense layers, one per channel for
 depthwise ones), ``R`` output channels per group, ``D`` inputs per output (``(C/g)·kh·kw``).

@@ -3,9 +3,9 @@
 Every row of a table is a *run* (a float model quantized with a config, or the float model
 itself) identified by a digest of the model file, the config and the image lists. Finished runs
 are appended to ``OUT/results.jsonl`` by this process only, as they finish; a rerun skips every
-run already there. Exported models and calibrations are cached by content (``onnxq.calibration.cache``), so a
-grid over weight settings calibrates once. Tables and plots are written from the results file:
-``OUT/<spec>.md`` and ``OUT/<spec>[-N].png``.
+run already there. Exported models and calibrations are cached by content
+(``onnxq.calibration.cache``), so a grid over weight settings calibrates once. Tables and plots are
+written from the results file: ``OUT/<spec>.md`` and ``OUT/<spec>[-N].png``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Data-aware weight rounding: GPTQ codes and bias correction from layer-input statistics.
 
-``onnxq.pipeline.quantize`` uses it when ``QuantConfig.rounding`` is ``gptq`` or ``bias_correction`` is
-on. One streamed pass over the calibration images observes the input of every quantized layer
-(``onnxq.calibration.layer_inputs``); then
+``onnxq.pipeline.quantize`` uses it when ``QuantConfig.rounding`` is ``gptq`` or
+``bias_correction`` is on. One streamed pass over the calibration images observes the input of
+every quantized layer (``onnxq.calibration.layer_inputs``); then
 
 * ``code_choosers`` give ``QuantizeWeightsPass`` each weight's GPTQ codes on the grid its
   observer chose (``onnxq.core.rounding``), so the weights are stored exactly as before;

@@ -1,12 +1,12 @@
 """Keep the automatic channel passes only where they help the quantized network as a whole.
 
 ``--smooth`` (α ``auto``) and ``--reorder auto`` decide set by set from an estimate of each
-consumer's own error (``onnxq.calibration.quant_error``); a change that lowers that estimate can still move
-the network's output further from the float model's. So when either pass is automatic, onnxq
-quantizes a copy of the model for every combination of the automatic passes switched on or
-off, and compares their outputs on the calibration images with the float model's: the KL
-divergence between their softmax outputs, image by image. A combination is kept only when it is
-clearly closer to fp32 than every combination with fewer passes: its mean KL is lower by at
+consumer's own error (``onnxq.calibration.quant_error``); a change that lowers that estimate
+can still move the network's output further from the float model's. So when either pass is
+automatic, onnxq quantizes a copy of the model for every combination of the automatic passes
+switched on or off, and compares their outputs on the calibration images with the float model's:
+the KL divergence between their softmax outputs, image by image. A combination is kept only when it
+is clearly closer to fp32 than every combination with fewer passes: its mean KL is lower by at
 least ``SIGNIFICANCE`` standard errors of the per-image paired difference. A pass whose gain is
 within the probes' sampling noise is left out, and the simpler model is kept. The probes round
 weights to nearest without bias correction (seconds each, where GPTQ takes a minute); passes

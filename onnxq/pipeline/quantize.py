@@ -70,9 +70,9 @@ def quantize(
     weights and features, (3) feature calibration, (4) the Q/DQ passes, (5) metadata.
     ``calibration_cache`` reuses the feature parameters of an identical earlier calibration.
     ``verify`` makes the channel passes of stage (1) check that the outputs did not change.
-    ``select`` first probes which automatic channel passes help (``onnxq.pipeline.pass_selection``).
-    Every ``auto`` of ``config`` is resolved first (``QuantConfig.resolved``); the returned and
-    recorded ``config`` is the one applied.
+    ``select`` first probes which automatic channel passes help
+    (``onnxq.pipeline.pass_selection``). Every ``auto`` of ``config`` is resolved first
+    (``QuantConfig.resolved``); the returned and recorded ``config`` is the one applied.
     """
     start = time.perf_counter()
     name = model.graph.name or "the model"
