@@ -1,8 +1,8 @@
 """Models from elsewhere through the whole command line: quantize (W8A8 and 4-bit per-group,
 ``--reorder auto --verify``), eval and report, with no traceback; after loading no BatchNorm is
 left, nine Convs in ten read a quantized weight, and the W8A8 logits keep a mean cosine of 0.99
-with fp32 on real images. The corpus is ``tests/elsewhere.py``; CI runs two of its models, ``slow``
-the rest."""
+with fp32 on real images. The corpus is ``tests/elsewhere.py``; the suite runs two of its models,
+``pytest -m corpus`` all of them (about 15 minutes on 2 cores)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def calibration_dir(tmp_path_factory, sample_images):
 
 @pytest.mark.parametrize(
     "source",
-    [s if s.name in FAST else pytest.param(s, marks=pytest.mark.slow) for s in SOURCES],
+    [s if s.name in FAST else pytest.param(s, marks=[pytest.mark.slow, pytest.mark.corpus])
+     for s in SOURCES],
     ids=lambda s: s.name,
 )
 def test_model_from_elsewhere(source, tmp_path_factory, calibration_dir, sample_images, sample_dir):
