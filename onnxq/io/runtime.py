@@ -71,8 +71,9 @@ def create_session(
     threads: int | None = None,
     config: Mapping[str, str] | None = None,
     memory_pattern: bool = True,
-) -> ort.InferenceSession:
-    """An inference session for an in-memory model, serialized bytes or a file path.
+) -> ort.InferenceSession | FixedBatchSession:
+    """An inference session for an in-memory model, serialized bytes or a file path; over a
+    model with a fixed batch dimension, a ``FixedBatchSession`` that runs any batch size.
 
     ``config`` holds session configuration entries, e.g. ``FOLD_WEIGHTS_AT_LOAD``.
     ``memory_pattern=False`` turns off ONNX Runtime's memory pattern planning, which otherwise
@@ -134,9 +135,12 @@ class FixedBatchSession:
         for start in range(0, count, self.batch):
             part = {name: _padded(array[start : start + self.batch], self.batch)
                     for name, array in feeds.items()}
-            chunks.append((min(self.batch, count - start), self.session.run(output_names, part)))
-        return [_joined([(n, outputs[i]) for n, outputs in chunks], self.batch)
-                for i in range(len(chunks[0][1]))]
+            outputs = self.session.run(output_names, part, *args, **kwargs)
+            chunks.append((min(self.batch, count - start), outputs))
+        return [
+            _joined([(rows, results[index]) for rows, results in chunks], self.batch)
+            for index in range(len(chunks[0][1]))
+        ]
 
 
 def _padded(array: np.ndarray, batch: int) -> np.ndarray:
