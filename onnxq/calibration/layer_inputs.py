@@ -26,8 +26,6 @@ from onnxq.io.preprocessing import Preprocessing
 
 # Patch values unrolled per chunk (bounds the im2col temporary to ~64 MiB of float32).
 _CHUNK_VALUES = 1 << 24
-#: Patch depth up to which Gram matrices are summed with einsum rather than batched matmul.
-_SMALL_DEPTH = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,11 +215,10 @@ class InputStatistics:
         )
 
     def _add(self, columns: np.ndarray) -> None:
-        if columns.shape[1] <= _SMALL_DEPTH:  # many tiny products: einsum's loops beat BLAS calls
-            gram = np.einsum("gdp,gep->gde", columns, columns).astype(np.float64)
-        else:
-            columns = np.ascontiguousarray(columns)
-            gram = np.matmul(columns, columns.transpose(0, 2, 1)).astype(np.float64)
+        # Batched matmul against a contiguous transpose: 2-3× einsum's loops even for the
+        # 9- and 25-deep patches of depthwise convolutions (tools/bench_gptq.py).
+        rows = np.ascontiguousarray(columns.transpose(0, 2, 1))
+        gram = np.matmul(columns, rows).astype(np.float64)
         self.gram = gram if self.gram is None else self.gram + gram
         self.gram_count += columns.shape[2]
 
