@@ -182,8 +182,10 @@ class InputStatistics:
         self.rng = np.random.default_rng(seed)
         self.gram: np.ndarray | None = None
         self.total: np.ndarray | None = None
-        self.gram_count = 0
         self.count = 0
+        self._gram_columns = 0  # columns summed into ``gram``
+        self._pending: list[np.ndarray] = []  # patch columns not yet in ``gram``
+        self._pending_columns = 0
 
     def update(self, x: np.ndarray) -> None:
         """Fold one batch of the layer's input in, a few images at a time."""
@@ -215,18 +217,38 @@ class InputStatistics:
         )
 
     def _add(self, columns: np.ndarray) -> None:
+        """Queue patch columns ``[g, D, p]``; they enter ``gram`` once at least ``D`` wait, so
+        each ``D × D`` float64 update serves as many columns as it has rows (the queue holds
+        at most half the memory of ``gram`` itself, or ``_CHUNK_VALUES``)."""
+        self._pending.append(columns)
+        self._pending_columns += columns.shape[2]
+        depth = columns.shape[1]
+        if self._pending_columns >= min(depth, _CHUNK_VALUES // max(columns.shape[0] * depth, 1)):
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        columns = np.concatenate(self._pending, axis=2)
+        self._pending, self._pending_columns = [], 0
         # Batched matmul against a contiguous transpose: 2-3× einsum's loops even for the
-        # 9- and 25-deep patches of depthwise convolutions (tools/bench_gptq.py).
+        # 9- and 25-deep patches of depthwise convolutions.
         rows = np.ascontiguousarray(columns.transpose(0, 2, 1))
         gram = np.matmul(columns, rows).astype(np.float64)
         self.gram = gram if self.gram is None else self.gram + gram
-        self.gram_count += columns.shape[2]
+        self._gram_columns += columns.shape[2]
+
+    @property
+    def gram_count(self) -> int:
+        """How many patch columns ``Σ x xᵀ`` is over."""
+        return self._gram_columns + self._pending_columns
 
     def hessian(self) -> np.ndarray:
         """``E[x xᵀ]`` per group, ``[g, D, D]`` float64."""
+        self._flush()
         if self.gram is None:
             raise ValueError("no layer input was observed")
-        return self.gram / self.gram_count
+        return self.gram / self._gram_columns
 
     def mean(self) -> np.ndarray:
         """``E[x]`` per group, ``[g, D]`` float64."""
