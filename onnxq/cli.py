@@ -212,12 +212,17 @@ def evaluate_command(
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = 32,
     ep: Annotated[str, typer.Option(help="Execution provider: auto, cuda, cpu.")] = "auto",
     fold_weights: Annotated[bool, typer.Option("--fold-weights", help="Let ONNX Runtime fold weight DequantizeLinear into float at load (fast 4-bit/per-group models; turns off int8 kernels).")] = False,
+    runtime_name: Annotated[str, typer.Option("--runtime", help="onnxruntime (with --ep) or openvino (its CPU plugin, default precision hint; pip install 'onnxq[openvino]').")] = "onnxruntime",
 ) -> None:
     """Top-1/top-5 accuracy and images/s of a classifier on labelled images."""
     from onnxq.io import data, preprocessing, runtime
     from onnxq.pipeline import modelio
     from onnxq.reporting import evaluate
 
+    if runtime_name not in evaluate.RUNTIMES:
+        raise OnnxqError(f"unknown --runtime {runtime_name!r} (choose from {', '.join(evaluate.RUNTIMES)})")
+    if runtime_name == "openvino" and (fold_weights or ep == "cuda"):
+        raise OnnxqError("--fold-weights and --ep cuda are ONNX Runtime settings; --runtime openvino runs on its CPU plugin")
     if json_path is not None:
         outputs.check_output(json_path, "JSON output")
     loaded = modelio.load_model(model)
@@ -226,7 +231,10 @@ def evaluate_command(
     data.require_labels(images, data_dir)
     chosen = modelio.choose_preprocessing(loaded, preprocessing.resolve(preprocess), model)
     session_config = runtime.FOLD_WEIGHTS_AT_LOAD if fold_weights else None
-    result = evaluate.evaluate(loaded, images, chosen, batch_size, ep, session_config=session_config)
+    result = evaluate.evaluate(
+        loaded, images, chosen, batch_size, ep, session_config=session_config,
+        runtime_name=runtime_name,
+    )
     typer.echo(
         f"{model.name}: top-1 {result.top1:.2f}  top-5 {result.top5:.2f}  "
         f"({result.images} images, {result.images_per_second:.1f} images/s, {result.provider})"

@@ -45,14 +45,16 @@ def evaluate(
     ep: str = "auto",
     description: str = "evaluating",
     session_config: Mapping[str, str] | None = None,
+    runtime_name: str = "onnxruntime",
 ) -> EvalResult:
     """Run ``model`` over ``images`` and score its logits against their labels.
 
     ``session_config`` holds ONNX Runtime session entries (``runtime.FOLD_WEIGHTS_AT_LOAD``).
+    ``runtime_name``: ``onnxruntime`` (with execution provider ``ep``) or ``openvino`` (CPU).
     """
     if not images.labelled:
         raise OnnxqError("evaluation needs labelled images")
-    session = runtime.create_session(model, ep, config=session_config)
+    session = _session(model, runtime_name, ep, session_config)
     input_name = session.get_inputs()[0].name
     top1 = top5 = 0
     seconds = 0.0
@@ -79,6 +81,20 @@ def evaluate(
         provider=runtime.active_provider(session),
         predictions=tuple(predictions),
     )
+
+
+#: The runtimes ``evaluate`` can run a model on.
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def _session(model, runtime_name: str, ep: str, session_config: Mapping[str, str] | None):
+    if runtime_name == "onnxruntime":
+        return runtime.create_session(model, ep, config=session_config)
+    if runtime_name == "openvino":
+        from onnxq.io import openvino_runtime
+
+        return openvino_runtime.create_session(model)
+    raise OnnxqError(f"unknown runtime {runtime_name!r} (choose from {', '.join(RUNTIMES)})")
 
 
 def logit_cosines(
