@@ -9,11 +9,27 @@ from onnxq.base.errors import OnnxqError
 from onnxq.io.preprocessing import Preprocessing
 
 
+#: ONNX files are protobuf messages, which cannot exceed 2 GiB; onnxq writes no external data.
+MAX_PARAMETERS = (2**31 - 2**26) // 4  # float32 weights, with room for the graph
+
+
 def available() -> list[str]:
-    """Names of torchvision's classification models."""
+    """Names of torchvision's classification models whose float32 weights fit one ONNX file
+    (``regnet_y_128gf`` and ``vit_h_14``, 630 to 645 million parameters, do not)."""
+    return [name for name in _classifiers() if _parameters(name) <= MAX_PARAMETERS]
+
+
+def _classifiers() -> list[str]:
     import torchvision
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _parameters(name: str) -> int:
+    """The largest parameter count of ``name``'s published weight sets."""
+    import torchvision
+
+    return max(w.meta["num_params"] for w in torchvision.models.get_model_weights(name))
 
 
 def build(name: str, weights: str | None, random_weights: bool):
@@ -25,6 +41,11 @@ def build(name: str, weights: str | None, random_weights: bool):
     """
     import torchvision
 
+    if name in _classifiers() and _parameters(name) > MAX_PARAMETERS:
+        raise OnnxqError(
+            f"{name} has {_parameters(name) / 1e6:.0f} million parameters: its float32 weights do "
+            "not fit one ONNX file (2 GiB); onnxq does not write external data"
+        )
     if name not in available():
         raise OnnxqError(f"unknown model {name!r}: not a torchvision classifier (see onnxq export --list)")
     variants = list(torchvision.models.get_model_weights(name))

@@ -77,3 +77,13 @@ def test_efficientnet_lite0_export(effnet_path):
     preprocessing = modelio.get_preprocessing(modelio.load_model(effnet_path))
     assert preprocessing.mean == pytest.approx((127 / 255,) * 3)
     assert preprocessing.std == pytest.approx((128 / 255,) * 3)
+
+
+def test_models_over_the_onnx_size_limit_are_not_offered(tmp_path):
+    from onnxq.models.export import model_names
+
+    names = model_names()
+    assert "vit_l_16" in names and "regnet_y_32gf" in names
+    assert "vit_h_14" not in names and "regnet_y_128gf" not in names
+    with pytest.raises(OnnxqError, match="633 million parameters.*2 GiB"):
+        export_model("vit_h_14", tmp_path / "vit_h_14.onnx", random_weights=True)
