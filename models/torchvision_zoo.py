@@ -41,13 +41,13 @@ def build(name: str, weights: str | None, random_weights: bool):
     """
     import torchvision
 
-    if name in _classifiers() and _parameters(name) > MAX_PARAMETERS:
+    if name not in _classifiers():
+        raise OnnxqError(f"unknown model {name!r}: not a torchvision classifier (see onnxq export --list)")
+    if (parameters := _parameters(name)) > MAX_PARAMETERS:
         raise OnnxqError(
-            f"{name} has {_parameters(name) / 1e6:.0f} million parameters: its float32 weights do "
+            f"{name} has {parameters / 1e6:.0f} million parameters: its float32 weights do "
             "not fit one ONNX file (2 GiB); onnxq does not write external data"
         )
-    if name not in available():
-        raise OnnxqError(f"unknown model {name!r}: not a torchvision classifier (see onnxq export --list)")
     variants = list(torchvision.models.get_model_weights(name))
     default = torchvision.models.get_model_weights(name).DEFAULT
     module = torchvision.models.get_model(name, weights=None)

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from onnxq.analysis.constant_dq import weight_dequantize
 from onnxq.analysis.graph import add_initializer, name_output
 from onnxq.analysis.plan import WeightTarget
 from onnxq.base import metadata
@@ -126,7 +127,7 @@ class DecomposeScalesPass(ir.passes.InPlacePass):
         layers = {target.node for target in self.targets.values()}
         nodes = {node.name: node for node in model.graph if node.name in layers}
         return {
-            name: _weight_dequantize(nodes[target.node].inputs[target.input_index])
+            name: weight_dequantize(nodes[target.node].inputs[target.input_index])
             if target.node in nodes else None
             for name, target in self.targets.items()
         }
@@ -178,14 +179,6 @@ class DecomposeScalesPass(ir.passes.InPlacePass):
             "DequantizeLinear", inputs, {"axis": channel_axis}, name=f"{name}_scale_dq",
             metadata_props=props,
         )
-
-
-def _weight_dequantize(weight: ir.Value | None) -> ir.Node | None:
-    """The DequantizeLinear that produces ``weight``, directly or through a Reshape."""
-    producer = None if weight is None else weight.producer()
-    if producer is not None and producer.op_type == "Reshape":
-        producer = producer.inputs[0].producer()
-    return producer if producer is not None and producer.op_type == "DequantizeLinear" else None
 
 
 def _groups_per_channel(node: ir.Node) -> int:

@@ -19,7 +19,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from onnxq.analysis.constant_dq import is_constant_dequantize, is_plain_int8, row_scales
+from onnxq.analysis.constant_dq import is_plain_int8, row_scales, weight_dequantize
 from onnxq.analysis.graph import add_initializer, name_output
 from onnxq.analysis.placement import runs_as_integer_kernel
 from onnxq.base.constants import WEIGHT_OPS
@@ -72,18 +72,14 @@ def _widen(graph: ir.Graph, node: ir.Node) -> bool:
 
 def _weight_chain(weight: ir.Value | None) -> list[ir.Node] | None:
     """``[DequantizeLinear]`` or ``[DequantizeLinear, Reshape]`` producing a constant weight."""
-    producer = weight.producer() if weight is not None else None
-    chain: list[ir.Node] = []
-    if producer is not None and producer.op_type == "Reshape":
-        if producer.inputs[1].const_value is None:
-            return None
-        chain.append(producer)
-        producer = producer.inputs[0].producer()
-    if producer is None or not is_constant_dequantize(producer):
+    dequantize = weight_dequantize(weight)
+    if dequantize is None:
         return None
-    if chain and len(list(producer.outputs[0].consumers())) != 1:
+    if dequantize.outputs[0] is weight:
+        return [dequantize]
+    if len(list(dequantize.outputs[0].consumers())) != 1:
         return None  # the DequantizeLinear also feeds something besides the Reshape
-    return [producer, *chain]
+    return [dequantize, weight.producer()]
 
 
 def _final_shape(chain: list[ir.Node]) -> tuple[int, ...]:

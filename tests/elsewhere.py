@@ -16,6 +16,8 @@ from pathlib import Path
 
 import onnx
 
+from onnxq.analysis.constant_dq import weight_dequantize
+
 LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 
 
@@ -95,7 +97,4 @@ def export_plain(name: str, path: Path, opset: int, fixed_batch: bool) -> None:
 
 def reads_quantized_weight(node) -> bool:
     """Whether the Conv/Gemm ``node`` reads its weight from a DequantizeLinear (and Reshape)."""
-    producer = node.inputs[1].producer()
-    if producer is not None and producer.op_type == "Reshape":
-        producer = producer.inputs[0].producer()
-    return producer is not None and producer.op_type == "DequantizeLinear"
+    return weight_dequantize(node.inputs[1]) is not None

@@ -38,6 +38,18 @@ def _from_constant_dequantize(value: ir.Value) -> bool:
     return producer is not None and is_constant_dequantize(producer)
 
 
+def weight_dequantize(weight: ir.Value | None) -> ir.Node | None:
+    """The constant DequantizeLinear that produces ``weight``, directly or through a Reshape to
+    a constant shape (how ``QuantizeWeightsPass`` stores blocked weights); None for any other
+    weight."""
+    producer = weight.producer() if weight is not None else None
+    if producer is not None and producer.op_type == "Reshape":
+        if producer.inputs[1].const_value is None:
+            return None
+        producer = producer.inputs[0].producer()
+    return producer if producer is not None and is_constant_dequantize(producer) else None
+
+
 def is_plain_int8(node: ir.Node) -> bool:
     """Int8 codes, zero point 0, per tensor or per axis: what integer kernels read directly."""
     zero_point = constant_array(node.inputs[2]) if len(node.inputs) > 2 else None
