@@ -19,6 +19,7 @@ from onnxq.analysis.plan import make_plan
 from onnxq.calibration.layer_inputs import (
     InputStatistics,
     LayerGeometry,
+    LayerInputs,
     patch_sums,
     patches,
 )
@@ -321,7 +322,8 @@ def test_gptq_on_a_matmul_weight_keeps_its_layout(name):
     plan = make_plan(model, QuantConfig(weights=scheme, rounding="gptq"))
     statistics = InputStatistics(LayerGeometry())
     statistics.update(inputs.astype(np.float32))
-    rounding = LayerRounding(plan.weights, {"matmul": statistics}, {"w": weight}, set(), True)
+    observed = LayerInputs({"matmul": statistics}, {"matmul": "flat"})
+    rounding = LayerRounding(plan.weights, observed, {"w": weight}, set(), True)
     ours = quantize_weight(weight, 1, scheme, rounding.code_choosers()["w"])
     theirs = quantize_weight(weight, 1, scheme)
     np.testing.assert_array_equal(ours.scale, theirs.scale)

@@ -19,6 +19,52 @@ from onnxq.io.preprocessing import Preprocessing
 CALIBRATION_BATCH = 4
 
 
+#: Takes one batch's value of a tensor.
+Sink = Callable[[np.ndarray], None]
+
+
+def make_observers(
+    schemes: Mapping[str, Scheme],
+    make_observer: Callable[[Scheme], FeatureObserver] = make_feature_observer,
+) -> dict[str, FeatureObserver]:
+    """One observer per tensor named in ``schemes``."""
+    return {name: make_observer(scheme) for name, scheme in schemes.items()}
+
+
+def observer_sinks(observers: Mapping[str, FeatureObserver]) -> dict[str, list[Sink]]:
+    """Each observer's ``update`` as the sink of its tensor."""
+    return {name: [observer.update] for name, observer in observers.items()}
+
+
+def merge_sinks(*groups: Mapping[str, Sequence[Sink]]) -> dict[str, list[Sink]]:
+    """The sinks of several consumers, by tensor name."""
+    merged: dict[str, list[Sink]] = {}
+    for group in groups:
+        for name, sinks in group.items():
+            merged.setdefault(name, []).extend(sinks)
+    return merged
+
+
+def feed(
+    model: ir.Model,
+    sinks: Mapping[str, Sequence[Sink]],
+    images: data.ImageSet,
+    preprocessing: Preprocessing,
+    batch_size: int = CALIBRATION_BATCH,
+    ep: str = "auto",
+    description: str = "calibrating",
+) -> None:
+    """Stream ``images`` through ``model`` once; each batch's value of every tensor named in
+    ``sinks`` goes to that tensor's sinks and is dropped, so memory does not grow with the
+    image count. Every consumer of one calibration shares the one pass."""
+    if not sinks:
+        return
+    for outputs in stream(model, list(sinks), images, preprocessing, batch_size, ep, description):
+        for name, consumers in sinks.items():
+            for consume in consumers:
+                consume(outputs[name])
+
+
 def collect(
     model: ir.Model,
     schemes: Mapping[str, Scheme],
@@ -28,18 +74,12 @@ def collect(
     ep: str = "auto",
     make_observer: Callable[[Scheme], FeatureObserver] = make_feature_observer,
 ) -> dict[str, FeatureObserver]:
-    """Observe the tensors named in ``schemes`` over ``images``, one batch at a time.
+    """Observe the tensors named in ``schemes`` over ``images`` (``make_observer(scheme)``).
 
-    The tensors become extra outputs of a temporary copy of the graph; each batch's values go
-    straight into the observers (``make_observer(scheme)``) and are dropped, so memory does not
-    grow with the image count.
+    The tensors become extra outputs of a temporary copy of the graph (see ``feed``).
     """
-    observers = {name: make_observer(scheme) for name, scheme in schemes.items()}
-    if not observers:
-        return observers
-    for outputs in stream(model, list(observers), images, preprocessing, batch_size, ep):
-        for name, observer in observers.items():
-            observer.update(outputs[name])
+    observers = make_observers(schemes, make_observer)
+    feed(model, observer_sinks(observers), images, preprocessing, batch_size, ep)
     return observers
 
 

@@ -1,8 +1,9 @@
 """Data-aware weight rounding: GPTQ codes and bias correction from layer-input statistics.
 
 ``onnxq.pipeline.quantize`` uses it when ``QuantConfig.rounding`` is ``gptq`` or
-``bias_correction`` is on. One streamed pass over the calibration images observes the input of
-every quantized layer (``onnxq.calibration.layer_inputs``); then
+``bias_correction`` is on. The calibration pass that observes the features also observes the
+input of every quantized layer (``prepare`` gives its sinks; ``onnxq.calibration.layer_inputs``);
+then
 
 * ``code_choosers`` give ``QuantizeWeightsPass`` each weight's GPTQ codes on the grid its
   observer chose (``onnxq.core.rounding``), so the weights are stored exactly as before;
@@ -10,7 +11,8 @@ every quantized layer (``onnxq.calibration.layer_inputs``); then
 
 With bias correction the codes are fitted to the centred second moment ``E[x xᵀ] − E[x] E[x]ᵀ``:
 the bias takes care of the mean. Second moments are shrunk towards their diagonal where few
-samples back them (``rounding.shrink_to_diagonal``).
+samples back them (``rounding.shrink_to_diagonal``); a layer seen on too few samples to keep any
+off-diagonal gets no second moment at all and is rounded to nearest, as GPTQ would round it.
 """
 
 from __future__ import annotations
@@ -24,14 +26,13 @@ import onnx_ir as ir
 from onnxq.analysis.plan import QuantPlan, WeightTarget
 from onnxq.base.constants import BIASED_OPS
 from onnxq.base.errors import OnnxqError
-from onnxq.calibration import layer_inputs
-from onnxq.calibration.layer_inputs import InputStatistics
+from onnxq.calibration import layer_inputs, streaming
+from onnxq.calibration.layer_inputs import InputStatistics, LayerInputs
 from onnxq.core.config import QuantConfig
 from onnxq.core.rounding import gptq_codes, shrink_to_diagonal
 from onnxq.core.schemes import Granularity
 from onnxq.core.weight_quantization import CodeChooser, QuantizedWeight
 from onnxq.io.data import ImageSet
-from onnxq.io.preprocessing import Preprocessing
 
 
 @dataclasses.dataclass
@@ -39,18 +40,28 @@ class LayerRounding:
     """What the data-aware rounding of one plan needs: statistics and the float weights."""
 
     targets: list[WeightTarget]
-    statistics: dict[str, InputStatistics]  # by node name
+    inputs: LayerInputs  # filled by the calibration pass (``sinks``)
     float_weights: dict[str, np.ndarray]  # by weight name, before quantization
     biased: set[str]  # nodes whose bias is corrected
     gptq: bool
 
+    @property
+    def statistics(self) -> dict[str, InputStatistics]:
+        """The layer-input statistics by node name."""
+        return self.inputs.statistics
+
+    def sinks(self) -> dict[str, list[streaming.Sink]]:
+        """What the calibration pass feeds, by tensor name."""
+        return self.inputs.sinks()
+
     def code_choosers(self) -> dict[str, CodeChooser]:
-        """GPTQ code choosers by weight name (none when rounding to nearest)."""
+        """GPTQ code choosers by weight name (none when rounding to nearest, and none for a
+        layer whose second moment was not kept: its codes are round-to-nearest)."""
         if not self.gptq:
             return {}
         choosers: dict[str, CodeChooser] = {}
         for target in self.targets:
-            if target.weight not in choosers:
+            if target.weight not in choosers and self.statistics[target.node].has_gram:
                 shape = self.float_weights[target.weight].shape
                 choosers[target.weight] = _GptqChooser(target, shape, self)
         return choosers
@@ -121,15 +132,10 @@ def _rows(weight: np.ndarray, out_axis: int, groups: int) -> np.ndarray:
 
 
 def prepare(
-    model: ir.Model,
-    plan: QuantPlan,
-    config: QuantConfig,
-    images: ImageSet | None,
-    preprocessing: Preprocessing,
-    batch_size: int,
-    ep: str,
+    model: ir.Model, plan: QuantPlan, config: QuantConfig, images: ImageSet | None
 ) -> LayerRounding | None:
-    """Observe the layer inputs that ``config``'s rounding needs (None: round to nearest)."""
+    """Empty statistics of the layer inputs that ``config``'s rounding needs, for ``images``
+    (None: round to nearest); feed them ``sinks()`` over the same images."""
     if config.rounding == "nearest" and not config.bias_correction:
         return None
     if images is None:
@@ -141,10 +147,9 @@ def prepare(
         t.weight: nodes[t.node].inputs[t.input_index].const_value.numpy().copy()
         for t in plan.weights
     }
-    statistics = layer_inputs.collect(
-        model, plan.weights, images, preprocessing, batch_size, ep, config.seed
-    )
+    gptq = config.rounding == "gptq"
+    observed = layer_inputs.observe(model, plan.weights, len(images), config.seed, gptq)
     biased = {
         t.node for t in plan.weights if config.bias_correction and nodes[t.node].op_type in BIASED_OPS
     }
-    return LayerRounding(list(plan.weights), statistics, floats, biased, config.rounding == "gptq")
+    return LayerRounding(list(plan.weights), observed, floats, biased, gptq)

@@ -98,14 +98,12 @@ def quantize(
     plan = make_plan(model, config)
     if not plan.weights and not plan.features:
         raise OnnxqError("nothing to quantize: no Conv, Gemm or MatMul with constant weights")
-    features: dict[str, FeatureParams] = {}
-    if plan.features:
-        if sample is None:
-            raise OnnxqError("quantizing features needs calibration images (--calib DIR)")
-        features = _calibrate(
-            model, plan, sample, preprocessing, batch_size, ep, calibration_cache
-        )
-    rounding = layer_rounding.prepare(model, plan, config, sample, preprocessing, batch_size, ep)
+    if plan.features and sample is None:
+        raise OnnxqError("quantizing features needs calibration images (--calib DIR)")
+    rounding = layer_rounding.prepare(model, plan, config, sample)
+    features = _calibrate(
+        model, plan, rounding, sample, preprocessing, batch_size, ep, calibration_cache
+    )
     choosers = rounding.code_choosers() if rounding is not None else {}
     weights = _quantize_weights(model, plan, config, choosers)
     InsertFeatureQDQPass(plan.features, features)(model)
@@ -176,23 +174,33 @@ def _decomposed_targets(model: ir.Model, plan: QuantPlan) -> list[WeightTarget]:
 def _calibrate(
     model: ir.Model,
     plan: QuantPlan,
-    images: ImageSet,
+    rounding: layer_rounding.LayerRounding | None,
+    images: ImageSet | None,
     preprocessing: Preprocessing,
     batch_size: int,
     ep: str,
     cache: CalibrationCache | None = None,
 ) -> dict[str, FeatureParams]:
-    if cache is not None:
-        key = cache.key(model, plan.features, images, preprocessing, batch_size)
-        if (cached := cache.get(key)) is not None:
-            return cached
+    """One pass over ``images``: the feature parameters of the plan (unless ``cache`` has
+    them) and, on the way, the layer inputs that ``rounding`` observes."""
     schemes = {target.tensor: target.scheme for target in plan.features}
-    observers = streaming.collect(model, schemes, images, preprocessing, batch_size, ep)
+    cached = None
+    if cache is not None and schemes:
+        key = cache.key(model, plan.features, images, preprocessing, batch_size)
+        cached = cache.get(key)
+    observers = streaming.make_observers(schemes) if cached is None else {}
+    sinks = streaming.merge_sinks(
+        streaming.observer_sinks(observers), rounding.sinks() if rounding is not None else {}
+    )
+    if sinks:
+        streaming.feed(model, sinks, images, preprocessing, batch_size, ep)
+    if cached is not None:
+        return cached
     params = {
         name: FeatureParams.from_group_ranges(*observer.ranges(), observer.channels, schemes[name])
         for name, observer in observers.items()
     }
-    if cache is not None:
+    if cache is not None and schemes:
         cache.put(key, params)
     return params
 
