@@ -91,6 +91,7 @@ def quantize(
     percentile: Annotated[float, typer.Option(help="Percentile for the percentile observers.")] = 99.99,
     symmetric_range: Annotated[str, typer.Option("--symmetric-range", help="Grid of symmetric schemes: restricted (codes ±(2^(b-1)-1), scale absmax/(2^(b-1)-1): both extremes representable) or full (codes -2^(b-1)..2^(b-1)-1, scale 2·absmax/(2^b-1): the positive extreme clips by half a step).")] = "restricted",
     weight_only: Annotated[bool, typer.Option("--weight-only", help="Keep features in float.")] = False,
+    reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--full-range", help="8-bit symmetric weights with 7-bit codes (±63), which ONNX Runtime's int8 kernels multiply without saturating on x86 CPUs without VNNI (AVX2: AMD Zen 1-3, Intel before Cascade Lake), or all 8 bits (default: reduced when quantizing on such a CPU with quantized features).")] = None,
     rounding: Annotated[str, typer.Option(help="Weight codes on the observer's grid: nearest; gptq (compensates each layer's rounding error over its calibration inputs); auto: gptq for weights under 8 bits when --calib is given, else nearest.")] = "auto",
     bias_correction: Annotated[Optional[bool], typer.Option("--bias-correction/--no-bias-correction", help="Subtract each layer's mean output shift, measured on the calibration images, from its bias (default: with gptq rounding).")] = None,
     decompose_scales: Annotated[bool, typer.Option("--decompose-scales", help="Store per-group weight scales as a per-channel float times low-bit integer codes.")] = False,
@@ -136,6 +137,7 @@ def quantize(
         **_decomposition(decompose_scales, scale_bits),
         rounding=rounding,
         bias_correction=bias_correction,
+        reduce_range=reduce_range,
         **_smoothing(smooth, alpha, act_scale, smooth_mul),
         reorder=reorder,
     )

@@ -9,6 +9,7 @@ from onnxq.passes.fold_weight_dequantize import (
     FoldWeightDequantizeResult,
 )
 from onnxq.passes.insert_feature_qdq import InsertFeatureQDQPass
+from onnxq.passes.layer_shaped_weights import LayerShapedWeightsPass, LayerShapedWeightsResult
 from onnxq.passes.protect_float_weights import (
     ProtectFloatWeightsPass,
     ProtectFloatWeightsResult,
@@ -33,6 +34,8 @@ __all__ = [
     "FoldWeightDequantizePass",
     "FoldWeightDequantizeResult",
     "InsertFeatureQDQPass",
+    "LayerShapedWeightsPass",
+    "LayerShapedWeightsResult",
     "ProtectFloatWeightsPass",
     "ProtectFloatWeightsResult",
     "QuantizeWeightsPass",

@@ -83,7 +83,8 @@ def test_resolution_rules():
     a8 = Scheme.parse("per-tensor-affine", bits=8)
     assert QuantConfig(weights=w4, features=a8).resolved(calibrated=False).rounding == "nearest"
     assert not QuantConfig(weights=w4, features=a8).resolved(calibrated=False).bias_correction
-    explicit = QuantConfig(weights=w4, features=a8, placement="fused", rounding="gptq", bias_correction=False)
+    explicit = QuantConfig(weights=w4, features=a8, placement="fused", rounding="gptq",
+                           bias_correction=False, reduce_range=False)
     assert explicit.resolved(calibrated=True) == explicit  # explicit settings stay
     resolved = QuantConfig(weights=w4).resolved(calibrated=True)
     assert resolved.resolved(calibrated=False) == resolved  # resolving twice changes nothing

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -74,18 +73,6 @@ def test_onnxruntime_runs_fused_w8a8_as_integer_kernels(tiny_path, sample_images
     assert optimized_op_counts(inputs, tmp_path)["QLinearConv"] < 4
 
 
-def _cpu_has_vnni() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    return "vnni" in flags
-
-
-@pytest.mark.skipif(
-    not _cpu_has_vnni(),
-    reason="ONNX Runtime's u8×s8 kernels saturate on x86 CPUs without VNNI (AVX2 VPMADDUBSW)",
-)
 def test_integer_kernels_compute_the_fake_quantized_model(tiny_path, sample_images):
     model, _ = _quantized(tiny_path, sample_images, "fused")
     pixels = np.stack([TINY_PREPROCESSING.load(str(f)) for f in sample_images.files[100:132]])
@@ -168,10 +155,6 @@ def resolve_placement_of(weights: Scheme, features: Scheme, transformer: bool) -
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not _cpu_has_vnni(),
-    reason="ONNX Runtime's u8×s8 kernels saturate on x86 CPUs without VNNI (AVX2 VPMADDUBSW)",
-)
 def test_efficientnet_w8a8_fused_runs_as_integer_kernels(effnet_path, sample_images, tmp_path):
     from onnxq.reporting import evaluate
 

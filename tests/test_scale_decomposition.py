@@ -136,12 +136,13 @@ def _reference_from_initializers(model: ir.Model, name: str, shape: tuple[int, .
     constants = {
         n: v.const_value.numpy().astype(np.float64) for n, v in model.graph.initializers.items()
     }
-    codes = constants[f"{name}_quantized"]
-    group_codes = constants[f"{name}_scale_codes"]
+    rows = shape[0]  # codes may be stored as [O, I·kh·kw] or in the layer's shape (1×1)
+    codes = constants[f"{name}_quantized"].reshape(rows, -1)
+    group_codes = constants[f"{name}_scale_codes"].reshape(rows, -1)
     channel_scale = constants[f"{name}_channel_scale"]
     channel_zero_point = constants.get(f"{name}_channel_zero_point", np.zeros(len(channel_scale)))
-    zero_point = constants.get(f"{name}_zero_point", np.zeros(group_codes.shape))
-    rows, groups = group_codes.shape
+    zero_point = constants.get(f"{name}_zero_point", np.zeros(group_codes.shape)).reshape(rows, -1)
+    groups = group_codes.shape[1]
     block = GROUP_SIZE * int(np.prod(shape[2:]))  # gs input channels × the kernel
     out = np.empty(codes.shape, np.float64)
     for row in range(rows):

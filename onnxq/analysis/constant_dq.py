@@ -113,3 +113,15 @@ def row_scales(node: ir.Node) -> tuple[np.ndarray, np.ndarray, int | None] | Non
     if codes.ndim != 2 or block_size < codes.shape[axis]:
         return None
     return centred, scale.reshape(-1), 1 - axis
+
+
+def full_range_int8_weights(graph: ir.Graph, limit: int) -> int:
+    """How many plain int8 weights (``is_plain_int8``) have a code beyond ``±limit``."""
+    return sum(
+        1
+        for node in graph
+        if is_constant_dequantize(node)
+        and node.inputs[0].const_value is not None
+        and is_plain_int8(node)
+        and int(np.abs(node.inputs[0].const_value.numpy().astype(np.int32)).max(initial=0)) > limit
+    )

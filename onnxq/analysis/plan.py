@@ -76,6 +76,8 @@ def make_plan(model: ir.Model, config: QuantConfig) -> QuantPlan:
     for node in weighted:
         index, out_axis = layouts[node.name]
         scheme = _at_8bit(config.weights) if node.name in kept else config.weights
+        if config.reduce_range:
+            scheme = reduced_range(scheme)
         plan.weights.append(WeightTarget(node.name, index, node.inputs[index].name, out_axis, scheme))
     if config.features is not None and config.placement == "fused":
         plan.features = _fused_feature_targets(model.graph, config, kept)
@@ -151,3 +153,11 @@ def _kept_nodes(
 
 def _at_8bit(scheme: Scheme) -> Scheme:
     return dataclasses.replace(scheme, bits=max(scheme.bits, 8))
+
+
+def reduced_range(scheme: Scheme) -> Scheme:
+    """An 8-bit symmetric weight scheme at 7 bits (int8 codes within ±63 or −64..63), which
+    ONNX Runtime's u8×s8 kernels multiply without saturating on any x86 CPU; others unchanged."""
+    if scheme.symmetric and scheme.bits == 8:
+        return dataclasses.replace(scheme, bits=7)
+    return scheme

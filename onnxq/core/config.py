@@ -14,6 +14,7 @@ from onnxq.base.constants import (
     ROUNDINGS,
     WEIGHT_OPS,
 )
+from onnxq.base import host
 from onnxq.base.errors import OnnxqError
 from onnxq.core.schemes import MAX_BITS, MIN_BITS, Granularity, Scheme
 
@@ -41,8 +42,11 @@ class QuantConfig:
     compensation over each layer's calibration inputs); ``bias_correction`` subtracts each
     layer's mean output shift from its bias (see ``onnxq.pipeline.layer_rounding``).
 
-    ``placement``, ``rounding`` and ``bias_correction`` default to ``auto`` (None for bias
-    correction): ``resolved`` turns them into what a run applies, the same for the command line,
+    ``reduce_range`` limits 8-bit symmetric weights to 7-bit codes (±63), so that ONNX Runtime's
+    u8×s8 kernels cannot saturate on x86 CPUs without VNNI (``onnxq.io.runtime``).
+
+    ``placement``, ``rounding``, ``bias_correction`` and ``reduce_range`` default to ``auto``
+    (None for the last two): ``resolved`` turns them into what a run applies, the same for the command line,
     this API, sweeps and the demo. ``quantize`` resolves its config first and records the result.
     """
 
@@ -61,6 +65,7 @@ class QuantConfig:
     scale_bits: int = 4
     rounding: str = AUTO
     bias_correction: bool | None = None
+    reduce_range: bool | None = None
 
     def __post_init__(self) -> None:
         unknown = [op for op in self.ops if op not in WEIGHT_OPS + FEATURE_OPS]
@@ -94,45 +99,67 @@ class QuantConfig:
             raise OnnxqError(
                 f"--scale-bits must be between {MIN_BITS} and {MAX_BITS}, got {self.scale_bits}"
             )
+        if self.reduce_range not in (None, True, False):
+            raise OnnxqError(f"reduce_range must be true or false, got {self.reduce_range!r}")
         if self.rounding not in ROUNDINGS + (AUTO,):
             raise OnnxqError(
                 f"unknown --rounding {self.rounding!r} (choose from {', '.join(ROUNDINGS + (AUTO,))})"
             )
 
-    def resolved(self, calibrated: bool, transformer: bool = False) -> QuantConfig:
+    def resolved(
+        self, calibrated: bool, transformer: bool = False, int8_saturates: bool | None = None
+    ) -> QuantConfig:
         """This config with every ``auto`` decided; ``calibrated``: calibration images are given;
-        ``transformer``: the graph has transformer ops (``placement.TRANSFORMER_OPS``).
+        ``transformer``: the graph has transformer ops (``placement.TRANSFORMER_OPS``);
+        ``int8_saturates``: int8 kernels saturate (None: on this machine,
+        ``host.int8_kernels_saturate``).
 
         * placement ``auto``: ``fused`` (the layout ONNX Runtime runs as int8 kernels) when
           weights and features are both 8-bit and the graph is no transformer, else ``inputs``
           (fused per-tensor ranges on a transformer's residual stream, attention and GELU drop
           ViT-B/16's worst-image logit cosine with fp32 to 0.84; ``inputs`` keeps 0.9988);
-        * rounding ``auto``: ``gptq`` for weights under 8 bits when calibrated, else ``nearest``;
+        * reduce range unset: on where int8 kernels saturate, features are quantized and weights
+          are symmetric (int8 codes that such kernels read); elsewhere the full 8 bits;
+        * rounding ``auto``: ``gptq`` for weights under 8 bits (reduced-range 8-bit weights are
+          7-bit) when calibrated, else ``nearest``;
         * bias correction unset: on with ``gptq`` rounding.
         """
         placement = self.placement
         if placement == AUTO:
             eight_bit = self.features is not None and self.weights.bits == self.features.bits == 8
             placement = "fused" if eight_bit and not transformer else "inputs"
+        reduce_range = self.reduce_range
+        if reduce_range is None:
+            if int8_saturates is None:
+                int8_saturates = host.int8_kernels_saturate()
+            reduce_range = int8_saturates and self.features is not None and self.weights.symmetric
         rounding = self.rounding
         if rounding == AUTO:
-            rounding = "gptq" if self.weights.bits < 8 and calibrated else "nearest"
+            reduced = reduce_range and self.weights.symmetric and self.weights.bits == 8
+            below_8bit = self.weights.bits < 8 or reduced
+            rounding = "gptq" if below_8bit and calibrated else "nearest"
         bias_correction = self.bias_correction
         if bias_correction is None:
             bias_correction = rounding == "gptq"
         return dataclasses.replace(
-            self, placement=placement, rounding=rounding, bias_correction=bias_correction
+            self, placement=placement, rounding=rounding, bias_correction=bias_correction,
+            reduce_range=reduce_range,
         )
 
     def rounding_notes(self) -> list[str]:
         """What this (resolved) config does beyond round-to-nearest, e.g. ``gptq rounding``."""
         notes = [f"{self.rounding} rounding"] if self.rounding != "nearest" else []
-        return notes + ["bias correction"] * bool(self.bias_correction)
+        notes += ["bias correction"] * bool(self.bias_correction)
+        return notes + ["8-bit weights in reduced range (±63)"] * bool(self.reduce_range)
 
     @property
     def is_resolved(self) -> bool:
         """No setting is left to ``resolved``."""
-        return AUTO not in (self.placement, self.rounding) and self.bias_correction is not None
+        return (
+            AUTO not in (self.placement, self.rounding)
+            and self.bias_correction is not None
+            and self.reduce_range is not None
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -151,6 +178,7 @@ class QuantConfig:
             "scale_bits": self.scale_bits,
             "rounding": self.rounding,
             "bias_correction": self.bias_correction,
+            "reduce_range": self.reduce_range,
         }
 
     def to_json(self) -> str:
@@ -174,7 +202,9 @@ class QuantConfig:
 
 
 #: The settings of ``techniques_off`` that differ from the fields' defaults.
-_TECHNIQUES_OFF = {"placement": "inputs", "rounding": "nearest", "bias_correction": False}
+_TECHNIQUES_OFF = {
+    "placement": "inputs", "rounding": "nearest", "bias_correction": False, "reduce_range": False,
+}
 
 
 def techniques_off(weights: Scheme, features: Scheme | None = None) -> QuantConfig:

@@ -72,8 +72,26 @@ def create_session(
         try:
             compiled = core.compile_model(core.read_model(str(model)), device)
         except RuntimeError as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else "error"
-            raise OnnxqError(f"OpenVINO cannot compile the model: {first_line[:300]}") from None
+            hint = (
+                " (onnxq deploy MODEL -o OUT writes a form OpenVINO compiles: the weights it "
+                "cannot read folded into float)" if "Dequantiz" in str(error) else ""
+            )
+            raise OnnxqError(
+                f"OpenVINO cannot compile the model: {error_summary(error)}{hint}"
+            ) from None
     session = OpenVinoSession(compiled, device)
     batch = runtime.fixed_batch(session)
     return runtime.FixedBatchSession(session, batch) if batch is not None else session
+
+
+def error_summary(error: Exception, limit: int = 400) -> str:
+    """The informative part of an OpenVINO exception: its lines without the trail of source
+    locations (``Exception from src/…:N:``, ``Check '…' failed at src/…:N:``), joined (at most
+    ``limit`` characters)."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    useful = [
+        line for line in lines
+        if line and not line.startswith("Exception from ") and " failed at src/" not in line
+        and line != "Summary:"
+    ]
+    return (" ".join(useful) or "unknown error")[:limit]

@@ -31,6 +31,7 @@ from onnxq.passes import (
     CorrectBiasPass,
     DecomposeScalesPass,
     InsertFeatureQDQPass,
+    LayerShapedWeightsPass,
     QuantizeWeightsPass,
 )
 from onnxq.pipeline import layer_rounding, modelio, pass_selection
@@ -109,6 +110,7 @@ def quantize(
     InsertFeatureQDQPass(plan.features, features)(model)
     if rounding is not None and config.bias_correction:
         CorrectBiasPass(rounding.bias_shifts(weights))(model)
+    LayerShapedWeightsPass()(model)
     modelio.set_preprocessing(model, preprocessing)
     model.metadata_props[metadata.QUANTIZATION] = config.to_json()
     model.metadata_props[metadata.VERSION] = __version__
@@ -130,8 +132,15 @@ def quantize(
 
 
 def _resolve(config: QuantConfig, calibrated: bool, transformer: bool) -> QuantConfig:
-    """``config.resolved``, with a note when 4-bit weights lose GPTQ for want of images."""
+    """``config.resolved`` for this machine, with a note when 4-bit weights lose GPTQ for want
+    of images and when 8-bit weights are kept in the range int8 kernels here multiply safely."""
     resolved = config.resolved(calibrated, transformer)
+    if config.reduce_range is None and resolved.reduce_range:
+        progress.status(
+            "[yellow]note:[/] this x86 CPU has no VNNI, so ONNX Runtime's int8 kernels saturate "
+            "on full-range int8 weights; 8-bit weights keep 7-bit codes (±63). --full-range "
+            "keeps all 8 bits for CPUs with VNNI, GPUs and other runtimes."
+        )
     if config.rounding == AUTO and config.weights.bits < 8 and not calibrated:
         progress.status(
             f"[yellow]note:[/] {config.weights.bits}-bit weights are rounded to nearest without "

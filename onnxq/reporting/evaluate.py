@@ -9,7 +9,8 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxq.base import progress
+from onnxq.analysis import constant_dq
+from onnxq.base import host, progress
 from onnxq.base.errors import OnnxqError
 from onnxq.io import data, runtime
 from onnxq.io.preprocessing import Preprocessing
@@ -89,12 +90,31 @@ RUNTIMES = ("onnxruntime", "openvino")
 
 def _session(model, runtime_name: str, ep: str, session_config: Mapping[str, str] | None):
     if runtime_name == "onnxruntime":
-        return runtime.create_session(model, ep, config=session_config)
+        session = runtime.create_session(model, ep, config=session_config)
+        if runtime.active_provider(session) == runtime.CPU and not session_config:
+            _warn_if_int8_kernels_saturate(model)
+        return session
     if runtime_name == "openvino":
         from onnxq.io import openvino_runtime
 
         return openvino_runtime.create_session(model)
     raise OnnxqError(f"unknown runtime {runtime_name!r} (choose from {', '.join(RUNTIMES)})")
+
+
+def _warn_if_int8_kernels_saturate(model: ir.Model | str) -> None:
+    """A note when this CPU's int8 kernels will clip some of ``model``'s full-range int8 weights."""
+    if not host.int8_kernels_saturate():
+        return
+    if not isinstance(model, ir.Model):
+        model = ir.load(model)
+    count = constant_dq.full_range_int8_weights(model.graph, host.NON_SATURATING_CODE)
+    if count:
+        progress.status(
+            f"[yellow]note:[/] {count} int8 weights use codes beyond ±{host.NON_SATURATING_CODE}, "
+            "and this x86 CPU has no VNNI: ONNX Runtime's int8 kernels saturate on them here, so "
+            "accuracy measured here is lower than on CPUs with VNNI (quantize with "
+            "--reduce-range for CPUs like this one)."
+        )
 
 
 def logit_cosines(
