@@ -274,19 +274,22 @@ def deploy(
     model: Annotated[Path, typer.Argument(help="A quantized ONNX model.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Output .onnx.")],
     fold_weights: Annotated[bool, typer.Option("--fold-weights", help="Fold every weight DequantizeLinear into float weights (any runtime, fp32-sized file).")] = False,
+    runtime: Annotated[str, typer.Option(help="The runtime to deploy for: onnxruntime (other weights folded into float) or openvino (other weights kept compressed, which OpenVINO decompresses at compile time; only forms it cannot read are folded).")] = "onnxruntime",
 ) -> None:
-    """Rewrite a quantized model for fast ONNX Runtime CPU inference, weights bit-identical.
+    """Rewrite a quantized model for fast CPU inference, weights bit-identical.
 
     By default, weights of layers that can run as int8 kernels become per-axis int8 (4-bit
     per-channel weights included) and all other weight DequantizeLinear nodes are folded into
-    float; --fold-weights folds them all.
+    float (--runtime openvino keeps them compressed); --fold-weights folds them all.
     """
     from onnxq.pipeline import modelio
+    from onnxq.pipeline.deploy import check_runtime
     from onnxq.pipeline.deploy import deploy as deploy_model
 
+    check_runtime(runtime)
     output = outputs.check_output(output)
     loaded = modelio.load_model(model)
-    result = deploy_model(loaded, fold_weights)
+    result = deploy_model(loaded, fold_weights, runtime)
     modelio.save_model(loaded, output)
     size = output.stat().st_size / 2**20
     typer.echo(
@@ -321,13 +324,16 @@ def sweep(
     cache: Annotated[Optional[Path], typer.Option(help="Cache of exported models and calibrations (default: OUT/cache).")] = None,
     save_models: Annotated[bool, typer.Option("--save-models", help="Also keep every quantized model in OUT/models/.")] = False,
     ep: Annotated[str, typer.Option(help="Execution provider: auto, cuda, cpu.")] = "auto",
+    runtime: Annotated[str, typer.Option(help="Evaluate on onnxruntime or openvino (OpenVINO's CPU plugin; runs get their own ids). Calibration always runs on ONNX Runtime.")] = "onnxruntime",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs still to do, and run nothing.")] = False,
 ) -> None:
     """Run the tables of sweep specs: resumable, cached, on this machine or a Ray cluster."""
     from onnxq.experiments.sweep import SweepOptions, run_sweep
 
     outputs.check_output_folder(out, "sweep output folder")
-    options = SweepOptions(data_dir, out, cache, jobs, ray, threads, ep, save_models, dry_run)
+    options = SweepOptions(
+        data_dir, out, cache, jobs, ray, threads, ep, save_models, dry_run, runtime
+    )
     summary = run_sweep(specs, options)
     if dry_run:
         typer.echo(f"{summary.runs} runs: {summary.done_before} done, {len(summary.pending)} to run")

@@ -20,6 +20,7 @@ from onnxq.analysis.constant_dq import (
     dequantize_constant,
     is_constant_dequantize,
     is_plain_int8,
+    only_reshape_reader,
 )
 from onnxq.analysis.graph import add_initializer
 from onnxq.analysis.placement import runs_as_integer_kernel
@@ -39,12 +40,15 @@ class FoldWeightDequantizePass(ir.passes.InPlacePass):
     """Replace constant DequantizeLinear nodes (``[w]_dq`` → ``[w]_reshape``) by float initializers.
 
     With ``keep_integer_kernels``, plain int8 weights of layers that ONNX Runtime runs as integer
-    kernels stay quantized. The result names the initializers created.
+    kernels stay quantized. With ``only_partial_blocks``, only blocked weights whose last block
+    is shorter than the others are folded (OpenVINO's ONNX reader refuses them; it reads every
+    other form). The result names the initializers created.
     """
 
-    def __init__(self, keep_integer_kernels: bool = False) -> None:
+    def __init__(self, keep_integer_kernels: bool = False, only_partial_blocks: bool = False) -> None:
         super().__init__()
         self.keep_integer_kernels = keep_integer_kernels
+        self.only_partial_blocks = only_partial_blocks
 
     def call(self, model: ir.Model) -> FoldWeightDequantizeResult:
         folded = []
@@ -63,13 +67,24 @@ class FoldWeightDequantizePass(ir.passes.InPlacePass):
         readers = list(node.outputs[0].consumers())
         if not readers or all(reader.op_type == "DequantizeLinear" for reader in readers):
             return False
+        if self.only_partial_blocks and not _has_partial_block(node):
+            return False
         return not (self.keep_integer_kernels and _feeds_integer_kernels(node))
+
+
+def _has_partial_block(node: ir.Node) -> bool:
+    """A blocked DequantizeLinear whose blocked axis is not a multiple of its block size."""
+    block = node.attributes.get_int("block_size", 0)
+    if not block or node.inputs[0].shape is None:
+        return False
+    axis = node.attributes.get_int("axis", 1)
+    return int(node.inputs[0].shape[axis]) % block != 0
 
 
 def _fold(graph: ir.Graph, node: ir.Node) -> str:
     value = dequantize_constant(node)
     last = node
-    reshape = _constant_reshape(node)
+    reshape = only_reshape_reader(node)
     if reshape is not None:
         value = value.reshape(reshape.inputs[1].const_value.numpy())
         last = reshape
@@ -87,17 +102,6 @@ def _feeds_integer_kernels(node: ir.Node) -> bool:
         and bool(readers)
         and all(reader.op_type in WEIGHT_OPS and runs_as_integer_kernel(reader) for reader in readers)
     )
-
-
-def _constant_reshape(node: ir.Node) -> ir.Node | None:
-    """The Reshape (with a constant shape) that is the only reader of ``node``'s output."""
-    readers = list(node.outputs[0].consumers())
-    if len(readers) != 1 or readers[0].op_type != "Reshape":
-        return None
-    reshape = readers[0]
-    if reshape.inputs[1].const_value is None or reshape.outputs[0].is_graph_output():
-        return None
-    return reshape
 
 
 def _weight_name(graph: ir.Graph, node: ir.Node) -> str:

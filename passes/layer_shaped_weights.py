@@ -10,10 +10,15 @@ need no Reshape at all, and this pass rewrites them:
   per-axis DequantizeLinear (axis 0) of the codes in the layer's shape, or a per-tensor one;
 * per-group weights of a layer whose kernel is 1×1 (pointwise convolutions): the blocked
   DequantizeLinear runs along the input-channel axis of the 4-D codes, with ``[O, G, 1, 1]``
-  scales and zero points (and decomposed scale codes in that shape too).
+  scales and zero points (and decomposed scale codes in that shape too);
+* per-group weights of k×k kernels whose groups divide the input channels: one row of codes
+  per group, ``[O·G, gs·kh·kw]``, a per-axis DequantizeLinear (one scale per row) and the
+  Reshape to the layer's shape; a decomposed scale's ``[O, G]`` is flattened by a Reshape.
+  OpenVINO compiles this form with decomposed affine scales, the blocked one it does not.
 
 Codes, scales and zero points keep their values and names, so the weights the layer reads are
-bit for bit the same. Grouped k×k kernels keep the 2-D view and its Reshape.
+bit for bit the same. A group size that does not divide a layer's inputs (a smaller last
+block) keeps the blocked 2-D view and its Reshape.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ import dataclasses
 import logging
 import math
 
+import numpy as np
 import onnx_ir as ir
 
-from onnxq.analysis.constant_dq import is_constant_dequantize
+from onnxq.analysis.constant_dq import is_constant_dequantize, only_reshape_reader
+from onnxq.analysis.graph import add_initializer, name_output
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +52,7 @@ class LayerShapedWeightsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> LayerShapedWeightsResult:
         reshaped = []
         for node in list(model.graph):
-            if _blocked_weight(node) and _rewrite(model.graph, node, _only_reshape(node)):
+            if _blocked_weight(node) and _rewrite(model.graph, node, only_reshape_reader(node)):
                 reshaped.append(node.name)
         if reshaped:
             logger.info("stored %d weights in their layers' shape (no Reshape)", len(reshaped))
@@ -65,17 +72,6 @@ def _blocked_weight(node: ir.Node) -> bool:
     )
 
 
-def _only_reshape(node: ir.Node) -> ir.Node | None:
-    """The Reshape to a constant shape that alone reads ``node``'s output, if there is one."""
-    readers = [reader for reader, _ in node.outputs[0].uses()]
-    if len(readers) != 1 or readers[0].op_type != "Reshape":
-        return None
-    reshape = readers[0]
-    if reshape.inputs[1].const_value is None or reshape.outputs[0].is_graph_output():
-        return None
-    return reshape
-
-
 def _rewrite(graph: ir.Graph, dequantize: ir.Node, reshape: ir.Node | None) -> bool:
     """Re-store ``dequantize`` in the shape the layer reads; False where that needs a Reshape."""
     codes = dequantize.inputs[0]
@@ -84,6 +80,7 @@ def _rewrite(graph: ir.Graph, dequantize: ir.Node, reshape: ir.Node | None) -> b
     if any(d <= 0 for d in shape) or math.prod(shape) != math.prod(view):
         return False
     axis = dequantize.attributes.get_int("axis", 1)
+    block = dequantize.attributes.get_int("block_size", 0)
     parameters = [value for value in dequantize.inputs[1:] if value is not None]
     grids = [_grid_constant(value) for value in parameters]
     if any(grid is None or len(grid.const_value.shape) != 2 for grid in grids):
@@ -105,6 +102,9 @@ def _rewrite(graph: ir.Graph, dequantize: ir.Node, reshape: ir.Node | None) -> b
         for grid, value in zip(grids, parameters):
             _reshape_constant(grid, grid_shape)
             value.shape = ir.Shape(grid_shape)
+    elif reshape is not None and axis == 1 and view[1] == grids[0].const_value.shape[1] * block:
+        _rows_per_group(graph, dequantize, parameters, grids)  # k×k kernels, groups that divide
+        return True
     else:
         return False
     if reshape is not None:
@@ -116,6 +116,31 @@ def _rewrite(graph: ir.Graph, dequantize: ir.Node, reshape: ir.Node | None) -> b
         if shape_value.is_initializer() and not shape_value.uses():
             graph.initializers.pop(shape_value.name)
     return True
+
+
+def _rows_per_group(
+    graph: ir.Graph, dequantize: ir.Node, parameters: list[ir.Value], grids: list[ir.Value]
+) -> None:
+    """One row of codes per group, ``[O·G, gs·kh·kw]``, dequantized per-axis (axis 0) and
+    reshaped to the layer's shape; a decomposed scale's ``[O, G]`` output is flattened by a
+    Reshape of its own."""
+    codes = dequantize.inputs[0]
+    rows, groups = grids[0].const_value.shape
+    _reshape_constant(codes, (rows * groups, codes.const_value.shape[1] // groups))
+    dequantize.outputs[0].shape = ir.Shape(codes.shape)
+    for index, (grid, value) in enumerate(zip(grids, parameters), start=1):
+        if grid is value:
+            _reshape_constant(value, (rows * groups,))
+            continue
+        flat = add_initializer(
+            graph, f"{value.name}_flat_shape", np.asarray([rows * groups], np.int64),
+            ir.DataType.INT64,
+        )
+        flatten = ir.node("Reshape", [value, flat], name=f"{value.name}_flatten")
+        name_output(flatten, f"{value.name}_flat", ir.DataType.FLOAT, ir.Shape([rows * groups]))
+        graph.insert_before(dequantize, [flatten])
+        dequantize.replace_input_with(index, flatten.outputs[0])
+    _set_layout(dequantize, axis=0)
 
 
 def _grid_constant(value: ir.Value) -> ir.Value | None:

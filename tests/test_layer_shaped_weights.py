@@ -23,10 +23,10 @@ CASES = {
                          {"conv1": "tensor", "conv2": "tensor", "dw3": "tensor", "pw4": "tensor",
                           "fc": "tensor"}),
     "per-group gs 2": ("per-group-affine", 2, False,
-                       {"conv1": "reshape", "conv2": "reshape", "dw3": "axis", "pw4": "block",
+                       {"conv1": "reshape", "conv2": "rows", "dw3": "axis", "pw4": "block",
                         "fc": "block"}),
     "decomposed gs 2": ("per-group-affine", 2, True,
-                        {"conv1": "reshape", "conv2": "reshape", "dw3": "axis", "pw4": "block",
+                        {"conv1": "reshape", "conv2": "rows", "dw3": "axis", "pw4": "block",
                          "fc": "block"}),
 }
 
@@ -46,15 +46,17 @@ def _weights_only(tiny_path, scheme: str, group_size: int | None, decomposed: bo
 
 
 def _layout(model: ir.Model) -> dict[str, str]:
-    """How each layer's weight is dequantized: ``reshape`` (2-D view and a Reshape), ``block``
-    (blocked, in layer shape), ``axis`` (per-axis) or ``tensor`` (one scale)."""
+    """How each layer's weight is dequantized: ``reshape`` (blocked 2-D view and a Reshape),
+    ``rows`` (one row per group, per-axis, and a Reshape), ``block`` (blocked, in layer shape),
+    ``axis`` (per-axis) or ``tensor`` (one scale)."""
     layouts = {}
     for node in model.graph:
         if node.op_type not in ("Conv", "Gemm"):
             continue
         producer = node.inputs[1].producer()
         if producer.op_type == "Reshape":
-            layouts[node.name] = "reshape"
+            blocked = producer.inputs[0].producer().attributes.get_int("block_size", 0)
+            layouts[node.name] = "reshape" if blocked else "rows"
         elif producer.attributes.get_int("block_size", 0):
             layouts[node.name] = "block"
         else:

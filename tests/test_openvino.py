@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 
+import onnx_ir as ir
 import pytest
 
 pytest.importorskip("openvino")
@@ -121,12 +122,14 @@ def test_compile_errors_keep_the_message_not_the_source_locations():
 def test_a_form_openvino_cannot_read_fails_in_one_line_that_names_deploy(tiny_path, sample_dir, tmp_path):
     """A group size that does not divide a layer's inputs (conv1 has 3) leaves a smaller last
     block, which ONNX allows and OpenVINO's reader refuses; onnxq deploy's output compiles."""
-    quantized, deployed = tmp_path / "gs2.onnx", tmp_path / "gs2_deployed.onnx"
+    quantized = tmp_path / "gs2.onnx"
+    deployed = {runtime: tmp_path / f"gs2_{runtime}.onnx" for runtime in ("onnxruntime", "openvino")}
     commands = [
         ["quantize", str(tiny_path), "-o", str(quantized), "--calib", str(sample_dir),
          "--calib-size", "8", "--wbits", "4", "--scheme", "per-group-affine", "--gs", "2",
          "--rounding", "nearest"],
-        ["deploy", str(quantized), "-o", str(deployed)],
+        *(["deploy", str(quantized), "-o", str(path), "--runtime", runtime]
+          for runtime, path in deployed.items()),
     ]
     for command in commands:
         subprocess.run([sys.executable, "-m", "onnxq", "-q", *command], check=True,
@@ -135,10 +138,35 @@ def test_a_form_openvino_cannot_read_fails_in_one_line_that_names_deploy(tiny_pa
         subprocess.run([sys.executable, "-m", "onnxq", "-q", "eval", str(path), "--data",
                         str(sample_dir), "--limit", "4", "--runtime", "openvino"],
                        capture_output=True, text=True)
-        for path in (quantized, deployed)
+        for path in (quantized, *deployed.values())
     ]
     assert results[0].returncode == 2
     message = results[0].stderr.strip()
     assert message.count("\n") == 0 and "cannot be divided by block_size" in message
-    assert "onnxq deploy MODEL -o OUT writes a form OpenVINO compiles" in message
-    assert results[1].returncode == 0, results[1].stderr
+    assert "onnxq deploy MODEL -o OUT --runtime openvino writes a form OpenVINO compiles" in message
+    assert all(result.returncode == 0 for result in results[1:]), [r.stderr for r in results]
+    # for OpenVINO only conv1 (3 inputs in groups of 2) is folded; the rest stays 4-bit
+    int4 = {runtime: [v.name for v in modelio.load_model(path).graph.initializers.values()
+                      if v.dtype in (ir.DataType.INT4, ir.DataType.UINT4)]
+            for runtime, path in deployed.items()}
+    assert int4["onnxruntime"] == [] and "conv2.weight_quantized" in int4["openvino"]
+    assert not any(name.startswith("conv1.weight") for name in int4["openvino"])
+
+
+def test_decomposed_affine_kxk_weights_compile(tiny_path, sample_images):
+    """conv2 is 3×3 over 8 channels: at gs 4 its codes are one row per group, dequantized
+    per-axis and reshaped, which OpenVINO compiles (its blocked form with a dequantized scale
+    and zero points it does not)."""
+    model = modelio.load_model(tiny_path)
+    config = QuantConfig(weights=Scheme.parse("per-group-affine", bits=4, group_size=4),
+                         features=Scheme.parse("per-tensor-affine", bits=8), decompose_scales=True,
+                         rounding="nearest", calib_size=8)
+    quantize(model, config, sample_images.head(8))
+    conv2 = {node.name: node for node in model.graph}["conv2"]
+    assert conv2.inputs[1].producer().op_type == "Reshape"
+    assert "block_size" not in conv2.inputs[1].producer().inputs[0].producer().attributes
+    images = sample_images.head(16)
+    preprocessing = modelio.get_preprocessing(model)
+    reference = evaluate.evaluate(model, images, preprocessing, ep="cpu")
+    openvino = evaluate.evaluate(model, images, preprocessing, runtime_name="openvino")
+    assert reference.agreement(openvino) >= 90.0

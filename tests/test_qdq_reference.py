@@ -124,7 +124,8 @@ def test_feature_qdq_matches_reference(tiny_path, sample_images, name, bits):
 
 
 def test_storage_forms(tiny_path):
-    """8-bit per-channel is a plain per-axis DQ; 4-bit weights are blocked int4 with a Reshape."""
+    """8-bit per-channel is a plain per-axis DQ; 4-bit per-group weights of a 3×3 Conv are
+    uint4 codes one row per group, a per-axis DQ and a Reshape; a Gemm's are blocked in place."""
     model = modelio.load_model(tiny_path)
     quantize(model, QuantConfig(weights=Scheme.parse("per-channel-symmetric", bits=8)))
     dq = next(n for n in model.graph if n.name == "conv1.weight_dq")
@@ -135,9 +136,9 @@ def test_storage_forms(tiny_path):
     quantize(model, QuantConfig(weights=Scheme.parse("per-group-affine", bits=4, group_size=4)))
     dq = next(n for n in model.graph if n.name == "conv2.weight_dq")
     assert dq.inputs[0].dtype == ir.DataType.UINT4
-    assert dq.inputs[0].shape == ir.Shape([16, 8 * 9])
-    assert dq.inputs[1].shape == ir.Shape([16, 2])  # 8 input channels / gs 4
-    assert dq.attributes.get_int("block_size") == 4 * 9
+    assert dq.inputs[0].shape == ir.Shape([16 * 2, 4 * 9])  # 8 input channels / gs 4: 2 rows each
+    assert dq.inputs[1].shape == ir.Shape([16 * 2])
+    assert dq.attributes.get_int("axis") == 0 and "block_size" not in dq.attributes
     assert dq.inputs[2].name == "conv2.weight_zero_point"
     reshape = dq.outputs[0].consumers()[0]
     assert reshape.op_type == "Reshape" and reshape.outputs[0].shape == ir.Shape([16, 8, 3, 3])

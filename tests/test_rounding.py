@@ -442,3 +442,47 @@ def test_an_indefinite_second_moment_gets_more_damping_until_it_factorizes():
     with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
         hopeless = np.array([[[1.0, 1e7], [1e7, 1.0]]])  # eigenvalue -1e7: beyond 1000× damping
         gptq_codes(weight, hopeless, scale, zero_point, 4, False)
+
+
+def _reference_layer(weight, hessian, scale, zero_point, bits, signed):
+    """Textbook GPTQ with act-order, group by group: columns sorted by falling input energy,
+    rounded one after another with the whole rest updated each time, then put back in place."""
+    codes = np.empty(weight.shape, dtype=np.int32)
+    for group in range(weight.shape[0]):
+        order = np.argsort(-np.diag(hessian[group]), kind="stable")
+        permuted = _reference_gptq(
+            weight[group][:, order], hessian[group][np.ix_(order, order)],
+            scale[group][:, order], zero_point[group][:, order], bits, signed,
+        )
+        codes[group][:, order] = permuted
+    return codes
+
+
+def _moments(rng, groups, depth, samples):
+    """``[groups, depth, depth]`` second moments of correlated inputs from ``samples`` vectors."""
+    mixing = rng.normal(size=(groups, depth, depth)) / np.sqrt(depth)
+    inputs = rng.normal(size=(groups, samples, depth)) @ mixing + rng.normal(size=(groups, 1, depth))
+    return np.einsum("gsd,gse->gde", inputs, inputs) / samples
+
+
+@pytest.mark.parametrize(
+    ("case", "groups", "rows", "depth", "samples"),
+    [
+        ("dense, 200 columns over two lazy blocks", 1, 5, 200, 4000),
+        ("grouped convolution, 4 groups of 3×3 over 6 channels", 4, 3, 54, 2000),
+        ("depthwise 3×3, one input channel per group", 16, 1, 9, 500),
+        ("singular moment: fewer samples than inputs", 2, 4, 40, 25),
+    ],
+)
+def test_fast_gptq_gives_the_textbook_codes(case, groups, rows, depth, samples):
+    rng = np.random.default_rng(depth)
+    hessian = _moments(rng, groups, depth, samples)
+    if samples < depth:
+        assert np.linalg.matrix_rank(hessian[0]) < depth  # the damping alone makes it invertible
+    weight = rng.normal(size=(groups, rows, depth))
+    scale, zero_point = _grid(weight)
+    expected = _reference_layer(weight, hessian, scale, zero_point, 4, False)
+    codes = gptq_codes(weight, hessian, scale, zero_point, 4, False)
+    nearest = quant_math.quantize(weight, scale, zero_point, 4, False)
+    assert (codes != nearest).mean() > 0.05  # error compensation changed codes ...
+    np.testing.assert_array_equal(codes, expected)  # ... exactly as the textbook algorithm

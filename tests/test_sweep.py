@@ -220,6 +220,7 @@ def test_sweep_user_errors(tmp_path, tiny_imagenet_path, sample_dir):
         ([spec_path, spec_path], sample_dir, {}, "two specs are named 'small'"),
         ([spec_path], sample_dir, {"jobs": 2, "ray": "default"}, "not both"),
         ([spec_path], sample_dir, {"jobs": 0}, "--jobs must be at least 1"),
+        ([spec_path], sample_dir, {"runtime": "tensorrt"}, "unknown runtime 'tensorrt'"),
     ]:
         with pytest.raises(OnnxqError, match=fragment):
             run_sweep(specs, SweepOptions(data_dir, out, **options))
@@ -327,3 +328,23 @@ def test_ray_flag_takes_an_optional_address():
     assert _ray_without_address(["sweep", "a.toml", "--ray", "head:6379"]) == [
         "sweep", "a.toml", "--ray", "head:6379",
     ]
+
+
+def test_sweep_evaluates_on_openvino_under_their_own_run_ids(tmp_path, tiny_imagenet_path, sample_dir):
+    pytest.importorskip("openvino")
+    spec = tmp_path / "one.toml"
+    spec.write_text(
+        f'title = "One row"\n[models.tiny]\npath = "{tiny_imagenet_path}"\n'
+        '[data]\nevaluation_limit = 8\n[defaults]\ncalib_size = 8\n'
+        '[[table]]\ncolumns = ["model", "w_bit", "top1 acc"]\nmodel = "tiny"\n'
+        'rows = [{ wbits = 8 }]\n'
+    )
+    out = tmp_path / "out"
+    records = {}
+    for runtime in ("onnxruntime", "openvino"):
+        summary = run_sweep([spec], SweepOptions(sample_dir, out, runtime=runtime))
+        assert (summary.runs, summary.ran, summary.failures) == (2, 2, [])  # float + W8A8
+        records[runtime] = {record["id"]: record for record in read_records(out).values()
+                            if record["provider"].startswith("OpenVINO") == (runtime == "openvino")}
+    assert len(records["onnxruntime"]) == len(records["openvino"]) == 2
+    assert not records["onnxruntime"].keys() & records["openvino"].keys()

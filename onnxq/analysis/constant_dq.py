@@ -14,19 +14,24 @@ from onnxq.core import quant_math
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
-    """The value of a constant, or of a constant DequantizeLinear's output (decomposed scales)."""
+    """The value of a constant, or of a constant DequantizeLinear's output (decomposed scales),
+    possibly through a Reshape to a constant shape."""
     if value is None:
         return None
     if value.const_value is not None:
         return value.const_value.numpy()
     producer = value.producer()
+    if producer is not None and _is_constant_reshape(producer):
+        array = constant_array(producer.inputs[0])
+        return None if array is None else array.reshape(producer.inputs[1].const_value.numpy())
     if producer is not None and is_constant_dequantize(producer):
         return dequantize_constant(producer)
     return None
 
 
 def is_constant_dequantize(node: ir.Node) -> bool:
-    """A DequantizeLinear whose inputs are all constants (or constant DequantizeLinear outputs)."""
+    """A DequantizeLinear whose inputs are all constants (or constant DequantizeLinear outputs,
+    possibly reshaped)."""
     return node.op_type == "DequantizeLinear" and all(
         value is None or value.const_value is not None or _from_constant_dequantize(value)
         for value in node.inputs
@@ -35,7 +40,18 @@ def is_constant_dequantize(node: ir.Node) -> bool:
 
 def _from_constant_dequantize(value: ir.Value) -> bool:
     producer = value.producer()
+    if producer is not None and _is_constant_reshape(producer):
+        producer = producer.inputs[0].producer()
     return producer is not None and is_constant_dequantize(producer)
+
+
+def _is_constant_reshape(node: ir.Node) -> bool:
+    return (
+        node.op_type == "Reshape"
+        and node.inputs[1] is not None
+        and node.inputs[1].const_value is not None
+        and node.inputs[0] is not None
+    )
 
 
 def weight_dequantize(weight: ir.Value | None) -> ir.Node | None:
@@ -48,6 +64,18 @@ def weight_dequantize(weight: ir.Value | None) -> ir.Node | None:
             return None
         producer = producer.inputs[0].producer()
     return producer if producer is not None and is_constant_dequantize(producer) else None
+
+
+def only_reshape_reader(node: ir.Node) -> ir.Node | None:
+    """The Reshape to a constant shape that is the only reader of ``node``'s output, if any
+    (how blocked weights are reshaped to their layer)."""
+    readers = list(node.outputs[0].consumers())
+    if len(readers) != 1 or readers[0].op_type != "Reshape":
+        return None
+    reshape = readers[0]
+    if reshape.inputs[1].const_value is None or reshape.outputs[0].is_graph_output():
+        return None
+    return reshape
 
 
 def is_plain_int8(node: ir.Node) -> bool:

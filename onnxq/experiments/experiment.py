@@ -46,9 +46,10 @@ def run_row(
     ep: str = "auto",
     batch_size: int = CALIBRATION_BATCH,
     calibration_cache: CalibrationCache | None = None,
+    runtime_name: str = "onnxruntime",
 ) -> RowResult:
     """Quantize ``float_model`` with ``config`` (calibrating on ``calibration``), save it to
-    ``output`` if given, and evaluate it on ``evaluation``."""
+    ``output`` if given, and evaluate it on ``evaluation`` with ``runtime_name``."""
     model = modelio.load_model(float_model)
     preprocessing = modelio.get_preprocessing(model)
     start = time.perf_counter()
@@ -60,7 +61,7 @@ def run_row(
     if output is not None:
         modelio.save_model(model, output)
     start = time.perf_counter()
-    result = evaluate.evaluate(model, evaluation, preprocessing, ep=ep)
+    result = evaluate.evaluate(model, evaluation, preprocessing, ep=ep, runtime_name=runtime_name)
     return RowResult(
         quantized.config, result, seconds, Path(output) if output else None, quantized,
         time.perf_counter() - start,

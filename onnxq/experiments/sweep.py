@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -74,6 +75,7 @@ class SweepOptions:
     ep: str = "auto"
     save_models: bool = False
     dry_run: bool = False
+    runtime: str = "onnxruntime"  # evaluation runtime (``evaluate.RUNTIMES``)
 
     @property
     def cache_dir(self) -> Path:
@@ -96,6 +98,7 @@ class Task:
     ep: str = "auto"
     threads: int | None = None
     quiet: bool = False
+    runtime: str = "onnxruntime"
 
     def describe(self) -> str:
         if self.config is None:
@@ -132,6 +135,11 @@ def run_sweep(spec_paths: Sequence[str | Path], options: SweepOptions) -> SweepS
         raise OnnxqError(f"--threads must be at least 1, got {options.threads}")
     if options.jobs > 1 and options.ray is not None:
         raise OnnxqError("use either --jobs (this machine) or --ray (a Ray cluster), not both")
+    if options.runtime not in evaluate.RUNTIMES:
+        choices = ", ".join(evaluate.RUNTIMES)
+        raise OnnxqError(f"unknown runtime {options.runtime!r} (choose from {choices})")
+    if options.runtime == "openvino" and importlib.util.find_spec("openvino") is None:
+        raise OnnxqError("--runtime openvino needs OpenVINO: pip install 'onnxq[openvino]'")
     specs = [load_spec(path) for path in spec_paths]
     _check_names(specs)
     plans = [_plan(spec, options) for spec in specs]
@@ -189,14 +197,15 @@ def _plan(spec: Spec, options: SweepOptions) -> _Plan:
         _check_calibration_size(spec, run, len(calibration))
         # a sweep always calibrates; the record holds the config as applied
         config = run.config.resolved(calibrated=True).to_dict() if run.config else None
-        run_id = digest(
-            {
-                "model": digests[run.model],
-                "config": config_identity(run.config) if run.config else None,
-                "calibration": image_ids["calibration"] if config else None,
-                "evaluation": image_ids["evaluation"],
-            }
-        )
+        identity = {
+            "model": digests[run.model],
+            "config": config_identity(run.config) if run.config else None,
+            "calibration": image_ids["calibration"] if config else None,
+            "evaluation": image_ids["evaluation"],
+        }
+        if options.runtime != "onnxruntime":  # ONNX Runtime's runs keep their earlier ids
+            identity["runtime"] = options.runtime
+        run_id = digest(identity)
         ids[run] = run_id
         tasks[run_id] = Task(
             run_id,
@@ -316,6 +325,7 @@ def _with_execution(tasks: list[Task], options: SweepOptions) -> list[Task]:
             ep=options.ep,
             threads=threads,
             quiet=quiet,
+            runtime=options.runtime,
         )
         for task in tasks
     ]
@@ -425,13 +435,15 @@ def execute(task: Task) -> dict:
     if task.config is None:
         model = modelio.load_model(task.model_path)
         preprocessing = modelio.get_preprocessing(model)
-        result = evaluate.evaluate(model, task.evaluation, preprocessing, ep=task.ep)
+        result = evaluate.evaluate(
+            model, task.evaluation, preprocessing, ep=task.ep, runtime_name=task.runtime
+        )
         wbit, calibration, quantize_seconds, calibration_images = 32.0, None, 0.0, 0
     else:
         cache = CalibrationCache(Path(task.cache_dir) / "calibration")
         row = run_row(
             task.model_path, QuantConfig.from_dict(task.config), task.calibration, task.evaluation,
-            task.output, task.ep, calibration_cache=cache,
+            task.output, task.ep, calibration_cache=cache, runtime_name=task.runtime,
         )
         result, quantize_seconds = row.result, row.quantize_seconds
         wbit = equivalent_wbit(row.quantized.model)

@@ -73,8 +73,9 @@ def create_session(
             compiled = core.compile_model(core.read_model(str(model)), device)
         except RuntimeError as error:
             hint = (
-                " (onnxq deploy MODEL -o OUT writes a form OpenVINO compiles: the weights it "
-                "cannot read folded into float)" if "Dequantiz" in str(error) else ""
+                " (onnxq deploy MODEL -o OUT --runtime openvino writes a form OpenVINO "
+                "compiles: the weights it cannot read folded into float)"
+                if "Dequantiz" in str(error) else ""
             )
             raise OnnxqError(
                 f"OpenVINO cannot compile the model: {error_summary(error)}{hint}"

@@ -24,6 +24,7 @@ from onnxq.analysis.constant_dq import is_constant_dequantize, is_plain_int8
 from onnxq.analysis.placement import runs_as_integer_kernel
 from onnxq.base import metadata
 from onnxq.base.constants import WEIGHT_OPS
+from onnxq.base.errors import OnnxqError
 from onnxq.passes import (
     FoldWeightDequantizePass,
     ProtectFloatWeightsPass,
@@ -39,12 +40,31 @@ class DeployResult:
     folded: tuple[str, ...]  # weights folded into float
 
 
-def deploy(model: ir.Model, fold_weights: bool = False) -> DeployResult:
-    """Rewrite the quantized ``model`` in place into its deployment form."""
+#: The runtimes ``deploy`` writes for.
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def check_runtime(runtime: str) -> None:
+    """Refuse a runtime ``deploy`` does not write for."""
+    if runtime not in RUNTIMES:
+        raise OnnxqError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
+
+
+def deploy(model: ir.Model, fold_weights: bool = False, runtime: str = "onnxruntime") -> DeployResult:
+    """Rewrite the quantized ``model`` in place into its deployment form for ``runtime``.
+
+    For OpenVINO, which decompresses int4 weights when it compiles a model (as fast as float
+    weights, a quarter of the file), only the weights its reader refuses are folded.
+    """
+    check_runtime(runtime)
     widened = () if fold_weights else WidenWeightsToInt8Pass()(model).widened
-    folded = FoldWeightDequantizePass(keep_integer_kernels=not fold_weights)(model).folded
+    keep_compressed = runtime == "openvino" and not fold_weights
+    folded = FoldWeightDequantizePass(
+        keep_integer_kernels=not fold_weights, only_partial_blocks=keep_compressed
+    )(model).folded
     ProtectFloatWeightsPass()(model)
-    model.metadata_props[metadata.DEPLOYMENT] = "float-weights" if fold_weights else "int8-kernels"
+    form = "float-weights" if fold_weights else "int8-kernels"
+    model.metadata_props[metadata.DEPLOYMENT] = form + (", openvino" if keep_compressed else "")
     return DeployResult(model, _integer_kernel_layers(model), widened, folded)
 
 

@@ -230,6 +230,8 @@ def _quantized_account(node: ir.Node, dequantize: ir.Node, counted: bool) -> Wei
     bits = _bits(dequantize, codes)
     scale = dequantize.inputs[1]
     scale_dequantize = scale.producer()
+    if scale_dequantize is not None and scale_dequantize.op_type == "Reshape":
+        scale_dequantize = scale_dequantize.inputs[0].producer()  # per-group rows: [O, G] flat
     decomposed = scale_dequantize is not None and scale_dequantize.op_type == "DequantizeLinear"
     if decomposed:
         scale_codes, channel_scale = scale_dequantize.inputs[0], scale_dequantize.inputs[1]
@@ -244,15 +246,16 @@ def _quantized_account(node: ir.Node, dequantize: ir.Node, counted: bool) -> Wei
     shape = _weight_shape(node.inputs[1], codes)
     elements = math.prod(shape)
     block = dequantize.attributes.get_int("block_size", 0)
-    scheme = _scheme(dequantize, groups, block)
-    group_channels = _group_channels(dequantize, shape, block) if "group" in scheme else None
+    scheme = _scheme(dequantize, groups, block, shape)
+    group_elements = block or elements // groups
+    group_channels = _group_channels(dequantize, shape, group_elements) if "group" in scheme else None
     affine = scheme.endswith("affine")
     zero_point_bits = bits if affine else 0
     if decomposed and affine:
         channel_bits += OFFSET_BITS
     return WeightAccount(
         node.name, node.op_type, _weight_name(dequantize), shape, scheme, bits, group_channels,
-        block or elements // groups, groups, channels, scale_bits, zero_point_bits, channel_bits,
+        group_elements, groups, channels, scale_bits, zero_point_bits, channel_bits,
         counted,
     )
 
@@ -283,11 +286,14 @@ def _weight_name(dequantize: ir.Node) -> str:
     return name.removesuffix("_quantized")
 
 
-def _scheme(dequantize: ir.Node, groups: int, block: int) -> str:
+def _scheme(dequantize: ir.Node, groups: int, block: int, shape: tuple[int, ...]) -> str:
     recorded = dequantize.metadata_props.get(metadata.SCHEME)
     if recorded:
         return recorded
-    granularity = "group" if block else ("tensor" if groups == 1 else "channel")
+    if block or groups > shape[0]:  # blocked, or per-axis over one row of codes per group
+        granularity = "group"
+    else:
+        granularity = "tensor" if groups == 1 else "channel"
     zero_point = _input(dequantize, 2)
     affine = zero_point is not None and bool(np.any(zero_point.const_value.numpy()))
     return f"per-{granularity}-{'affine' if affine else 'symmetric'}"
