@@ -486,3 +486,17 @@ def test_fast_gptq_gives_the_textbook_codes(case, groups, rows, depth, samples):
     nearest = quant_math.quantize(weight, scale, zero_point, 4, False)
     assert (codes != nearest).mean() > 0.05  # error compensation changed codes ...
     np.testing.assert_array_equal(codes, expected)  # ... exactly as the textbook algorithm
+
+
+def test_a_wide_indefinite_second_moment_is_restored_between_damping_attempts():
+    # 80 inputs (factorized in place by LAPACK): one eigenvalue of -2 with a mean diagonal
+    # near 1 needs damping 10; the failed attempts must leave the matrix as it was.
+    rng = np.random.default_rng(3)
+    basis, _ = np.linalg.qr(rng.normal(size=(80, 80)))
+    eigenvalues = np.concatenate([[-2.0], rng.uniform(0.5, 2.0, 79)])
+    hessian = (basis * eigenvalues) @ basis.T
+    weight = rng.normal(size=(1, 5, 80))
+    scale, zero_point = _grid(weight)
+    fallback = gptq_codes(weight, hessian[None], scale, zero_point, 4, False, damping=0.01)
+    direct = gptq_codes(weight, hessian[None], scale, zero_point, 4, False, damping=10.0)
+    np.testing.assert_array_equal(fallback, direct)

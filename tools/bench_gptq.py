@@ -5,7 +5,12 @@ images, on EfficientNet-Lite0 (real weights) and ResNet18/ResNet50 (seeded rando
 time and memory only). Each quantization runs in a fresh process (wall time and peak resident
 memory its own), round-to-nearest and GPTQ alternating, ``--repeats`` times; the table gives
 the medians and GPTQ's ratio to round-to-nearest. For EfficientNet-Lite0 it adds top-1
-agreement with fp32 on the images not used for calibration. Prints a markdown table::
+agreement with fp32 on the images not used for calibration. The floor is what GPTQ's linear
+algebra needs at this machine's BLAS rate: the multiply-adds of the second moments (a symmetric
+rank-k product over the patch columns each layer keeps, float32), of their Cholesky factors and
+triangular inverses and of the column updates (float64), divided by the rate of a large matrix
+product measured here; GPTQ's time over round-to-nearest cannot be below it. Prints a markdown
+table::
 
     python tools/bench_gptq.py [--repeats 2] [--models efficientnet_lite0 resnet18 resnet50]
 """
@@ -13,12 +18,21 @@ agreement with fp32 on the images not used for calibration. Prints a markdown ta
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
+import time
 from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
 
 from onnxq.models.export import exported_model
 
+from onnxq.analysis.plan import make_plan
 from onnxq.base import progress
+from onnxq.calibration import layer_inputs
+from onnxq.core import rounding
 from onnxq.core.config import QuantConfig
 from onnxq.core.schemes import Scheme
 from onnxq.experiments.experiment import in_fresh_process
@@ -32,15 +46,52 @@ CALIBRATION = 128
 ROUNDINGS = (("nearest", False), ("gptq", True))
 
 
-def config(rounding: str, bias_correction: bool) -> QuantConfig:
+def config(method: str, bias_correction: bool) -> QuantConfig:
     return QuantConfig(
         weights=Scheme.parse("per-channel-affine", bits=4),
         features=Scheme.parse("per-tensor-affine", bits=8),
         calib_size=CALIBRATION,
         keep_8bit=("first", "last"),
-        rounding=rounding,
+        rounding=method,
         bias_correction=bias_correction,
     )
+
+
+def blas_rates(size: int = 2048) -> dict[type, float]:
+    """Multiply-adds per second of a ``size``-square matrix product, float32 and float64."""
+    rates = {}
+    for dtype in (np.float32, np.float64):
+        a, b = (np.random.default_rng(0).normal(size=(size, size)).astype(dtype) for _ in range(2))
+        a @ b  # warm-up
+        start = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        rates[dtype] = 3 * size**3 / (time.perf_counter() - start)
+    return rates
+
+
+def floor_seconds(source: Path, images: int, rates: dict[type, float]) -> float:
+    """The seconds GPTQ's linear algebra needs at ``rates`` for ``config``'s targets."""
+    model = modelio.load_model(source)
+    plan = make_plan(model, config("gptq", True))
+    inferred = onnx.shape_inference.infer_shapes(ir.serde.serialize_model(model))
+    shapes = {v.name: [d.dim_value or 1 for d in v.type.tensor_type.shape.dim]
+              for v in (*inferred.graph.value_info, *inferred.graph.input)}
+    nodes = {node.name: node for node in model.graph}
+    gram = float64 = 0.0
+    for target in plan.weights:
+        node = nodes[target.node]
+        shape = tuple(node.inputs[target.input_index].const_value.shape)
+        geometry = layer_inputs.LayerGeometry.of(node, shape)
+        depth = math.prod(shape) // shape[target.out_axis]
+        rows = shape[target.out_axis] // geometry.groups
+        positions = layer_inputs.output_positions(tuple(shapes[node.inputs[0].name]), geometry)
+        kept = min(positions, layer_inputs.positions_per_image(depth, images)) * images
+        if kept < rounding.min_correlated_samples(depth):
+            continue  # no second moment: rounded to nearest
+        gram += geometry.groups * kept * depth * (depth + 1) / 2
+        float64 += geometry.groups * (depth**3 / 3 + rows * depth**2 / 2)
+    return gram / rates[np.float32] + float64 / rates[np.float64]
 
 
 def quantize_job(source: str, destination: str, config_dict: dict, images: str) -> None:
@@ -59,26 +110,33 @@ def main() -> None:
     progress.set_quiet(True)
     images = data.find_images(args.data)
     evaluation = images.split(CALIBRATION, seed=0)[1]
-    print("| model | rounding | seconds | peak MiB | time ratio | memory ratio | top-1 agreement with fp32 |")
-    print("|---|---|---|---|---|---|---|")
+    rates = blas_rates()
+    print(f"BLAS: {rates[np.float32] / 1e9:.1f} G multiply-adds/s float32, "
+          f"{rates[np.float64] / 1e9:.1f} float64\n")
+    print("| model | rounding | seconds | peak MiB | time ratio | memory ratio | "
+          "GPTQ − nearest: s (floor s) | top-1 agreement with fp32 |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
         source = exported_model(args.workdir, name, random_weights=name != "efficientnet_lite0")
         runs: dict[str, list[tuple[float, float]]] = {r: [] for r, _ in ROUNDINGS}
         for _ in range(args.repeats):
-            for rounding, bias in ROUNDINGS:
-                output = args.workdir / f"{name}_{rounding}.onnx"
-                job = (str(source), str(output), config(rounding, bias).to_dict(), str(args.data))
+            for method, bias in ROUNDINGS:
+                output = args.workdir / f"{name}_{method}.onnx"
+                job = (str(source), str(output), config(method, bias).to_dict(), str(args.data))
                 _, seconds, peak = in_fresh_process(quantize_job, *job)
-                runs[rounding].append((seconds, peak))
+                runs[method].append((seconds, peak))
         medians = {r: tuple(statistics.median(v) for v in zip(*runs[r])) for r in runs}
         base_seconds, base_peak = medians["nearest"]
-        for rounding, _ in ROUNDINGS:
-            seconds, peak = medians[rounding]
-            agreement = ""
+        floor = floor_seconds(source, CALIBRATION, rates)
+        for method, _ in ROUNDINGS:
+            seconds, peak = medians[method]
+            agreement = extra = ""
             if name == "efficientnet_lite0":
-                agreement = f"{_agreement(source, args.workdir / f'{name}_{rounding}.onnx', evaluation):.1f} %"
-            print(f"| {name} | {rounding} | {seconds:.1f} | {peak:.0f} | {seconds / base_seconds:.2f}× "
-                  f"| {peak / base_peak:.2f}× | {agreement} |", flush=True)
+                agreement = f"{_agreement(source, args.workdir / f'{name}_{method}.onnx', evaluation):.1f} %"
+            if method == "gptq":
+                extra = f"{seconds - base_seconds:.1f} ({floor:.1f})"
+            print(f"| {name} | {method} | {seconds:.1f} | {peak:.0f} | {seconds / base_seconds:.2f}× "
+                  f"| {peak / base_peak:.2f}× | {extra} | {agreement} |", flush=True)
 
 
 def _agreement(source: Path, quantized: Path, images: data.ImageSet) -> float:

@@ -52,7 +52,7 @@ def min_correlated_samples(depth: int, strength: float = SHRINK_STRENGTH) -> int
 def shrink_to_diagonal(
     hessian: np.ndarray, samples: int, strength: float = SHRINK_STRENGTH
 ) -> np.ndarray:
-    """``(1 − λ) H + λ diag(H)`` with ``λ = shrinkage(D, samples)``.
+    """``(1 − λ) H + λ diag(H)`` with ``λ = shrinkage(D, samples)``, in place (returns ``hessian``).
 
     A ``D × D`` second moment estimated from few samples per dimension has spurious
     off-diagonal terms that error compensation would fit; shrinking them in proportion to
@@ -62,10 +62,10 @@ def shrink_to_diagonal(
     depth = hessian.shape[-1]
     weight = shrinkage(depth, samples, strength)
     diagonal = np.diagonal(hessian, axis1=-2, axis2=-1).copy()
-    shrunk = (1.0 - weight) * hessian
+    hessian *= 1.0 - weight
     index = np.arange(depth)
-    shrunk[..., index, index] += weight * diagonal
-    return shrunk
+    hessian[..., index, index] += weight * diagonal
+    return hessian
 
 
 def gptq_codes(
@@ -90,10 +90,12 @@ def gptq_codes(
     work, scale, zero_point = (
         _take_columns(np.asarray(a, dtype=np.float64), order) for a in (weight, scale, zero_point)
     )
-    hessian = np.take_along_axis(
-        np.take_along_axis(hessian, order[:, :, None], axis=1), order[:, None, :], axis=2
-    )
-    upper = _inverse_cholesky(hessian, damping)
+    backwards = order[:, ::-1]  # J P H Pᵀ J: in rounding order, reversed (one new array)
+    group = np.arange(len(order))[:, None, None]
+    reversed_hessian = np.asarray(hessian, dtype=np.float64)[
+        group, backwards[:, :, None], backwards[:, None, :]
+    ]
+    upper = _inverse_cholesky(reversed_hessian, damping)
     codes = np.empty(work.shape, dtype=np.int32)
     columns = work.shape[2]
     for start in range(0, columns, _LAZY_BLOCK):
@@ -126,47 +128,62 @@ def _take_columns(array: np.ndarray, order: np.ndarray) -> np.ndarray:
     return np.take_along_axis(array, order[:, None, :], axis=2)
 
 
-def _inverse_cholesky(hessian: np.ndarray, damping: float) -> np.ndarray:
-    """Upper Cholesky factor ``U`` of the damped ``H⁻¹`` (``H⁻¹ = Uᵀ U``), per group.
+def _inverse_cholesky(reversed_hessian: np.ndarray, damping: float) -> np.ndarray:
+    """Upper Cholesky factor ``U`` of the damped ``H⁻¹`` (``H⁻¹ = Uᵀ U``), per group, from the
+    reversed second moment ``J H J`` (float64, overwritten).
 
-    With ``J`` the reversal permutation and ``J H J = L Lᵀ``, ``U = J L⁻¹ J``: one Cholesky
-    factorization and one triangular inverse (a third of the work of inverting ``H`` and
-    factorizing the inverse). Inputs never seen non-zero get a unit diagonal, so their columns
-    round to nearest and pass no error on. Damping grows tenfold until the damped matrix is
-    positive definite.
+    With ``J H J = L Lᵀ``, ``U = J L⁻¹ J``: one Cholesky factorization and one triangular
+    inverse (a third of the work of inverting ``H`` and factorizing the inverse). Inputs never
+    seen non-zero get a unit diagonal, so their columns round to nearest and pass no error on.
+    Damping grows tenfold until the damped matrix is positive definite. Only ``U``'s upper
+    triangle is meaningful (GPTQ reads nothing else).
     """
-    hessian = np.array(hessian, dtype=np.float64)
-    groups, depth = np.nonzero(np.diagonal(hessian, axis1=1, axis2=2) <= 0)
-    hessian[groups, depth, depth] = 1.0
-    mean = np.diagonal(hessian, axis1=1, axis2=2).mean(axis=1)[:, None, None]
-    reversed_hessian = hessian[:, ::-1, ::-1]
-    identity = np.eye(hessian.shape[1])
+    diagonal = np.diagonal(reversed_hessian, axis1=1, axis2=2)  # a view
+    groups, depth = np.nonzero(diagonal <= 0)
+    reversed_hessian[groups, depth, depth] = 1.0
+    undamped = diagonal.copy()
+    mean = undamped.mean(axis=1)[:, None]
+    index = np.arange(reversed_hessian.shape[1])
+    factorize = _factorize_batched if len(index) < _BATCHED_INVERSE_DEPTH else _factorize_in_place
     for attempt in range(6):
-        added = (damping * 10**attempt) * mean  # [g, 1, 1]
-        try:
-            lower = np.linalg.cholesky(reversed_hessian + added * identity)  # batched
-        except np.linalg.LinAlgError:
-            continue
-        # Every pivot of a positive semidefinite H plus δI is at least δ; a smaller one means
-        # H is indefinite and only rounding let the factorization through.
-        if np.any(np.diagonal(lower, axis1=1, axis2=2) ** 2 < 0.5 * added[:, :, 0]):
-            continue
-        return _triangular_inverse(lower)[:, ::-1, ::-1]
+        added = (damping * 10**attempt) * mean  # [g, 1]
+        reversed_hessian[:, index, index] = undamped + added
+        inverse = factorize(reversed_hessian, added)
+        if inverse is not None:
+            return inverse[:, ::-1, ::-1]
     raise np.linalg.LinAlgError("the layer's input second moment is not positive definite")
 
 
-def _triangular_inverse(lower: np.ndarray) -> np.ndarray:
-    """``L⁻¹`` of lower triangular ``[g, D, D]`` factors.
+def _positive_pivots(lower: np.ndarray, added: np.ndarray) -> bool:
+    """Every pivot of a positive semidefinite H plus δI is at least δ; a smaller one means H is
+    indefinite and only rounding let the factorization through."""
+    return not np.any(np.diagonal(lower, axis1=-2, axis2=-1) ** 2 < 0.5 * added)
 
-    LAPACK's triangular inverse, one group at a time, takes a third of a general inverse's
-    time on wide layers; narrow ones (the 9–25 inputs of a depthwise channel, hundreds of
-    groups) go through NumPy's batched inverse in one call instead.
-    """
-    if lower.shape[1] < _BATCHED_INVERSE_DEPTH:
-        return np.linalg.inv(lower)
-    inverses = np.empty_like(lower)
-    for group, factor in enumerate(lower):
-        inverses[group], info = scipy.linalg.lapack.dtrtri(factor, lower=1)
+
+def _factorize_batched(matrix: np.ndarray, added: np.ndarray) -> np.ndarray | None:
+    """``L⁻¹`` of narrow matrices (the 9–25 inputs of a depthwise channel, hundreds of groups)
+    in batched NumPy calls; None if one is not positive definite."""
+    try:
+        lower = np.linalg.cholesky(matrix)
+    except np.linalg.LinAlgError:
+        return None
+    return np.linalg.inv(lower) if _positive_pivots(lower, added) else None
+
+
+def _factorize_in_place(matrix: np.ndarray, added: np.ndarray) -> np.ndarray | None:
+    """``L⁻¹`` of wide matrices with LAPACK, group by group, in ``matrix``'s own memory: its
+    transpose (the same symmetric matrix, Fortran-ordered) gets ``L`` and then ``L⁻¹`` in its
+    lower triangle, the upper one keeps the matrix. Returns that transpose (``L⁻¹`` below the
+    diagonal), or None, with ``matrix`` restored, if one is not positive definite."""
+    transposed = matrix.transpose(0, 2, 1)  # each group Fortran-contiguous
+    for group, (block, pivot) in enumerate(zip(transposed, added)):
+        _, info = scipy.linalg.lapack.dpotrf(block, lower=1, clean=0, overwrite_a=1)
+        if info != 0 or not _positive_pivots(block, pivot):
+            for done in transposed[: group + 1]:  # lower triangles back from the upper ones
+                for column in range(len(done) - 1):
+                    done[column + 1 :, column] = done[column, column + 1 :]
+            return None
+        _, info = scipy.linalg.lapack.dtrtri(block, lower=1, overwrite_c=1)
         if info != 0:
             raise np.linalg.LinAlgError(f"triangular inverse failed (LAPACK info {info})")
-    return inverses
+    return transposed

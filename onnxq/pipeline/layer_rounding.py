@@ -80,10 +80,10 @@ class LayerRounding:
     def hessian(self, target: WeightTarget) -> np.ndarray:
         """The second moment GPTQ fits for ``target``'s layer (centred if its bias is corrected)."""
         observed = self.statistics[target.node]
-        hessian = observed.hessian()
+        hessian = observed.hessian()  # a new float64 array, changed in place from here on
         if target.node in self.biased:
             mean = observed.mean()
-            hessian = hessian - mean[:, :, None] * mean[:, None, :]
+            hessian -= mean[:, :, None] * mean[:, None, :]
         return shrink_to_diagonal(hessian, observed.gram_count)
 
 
