@@ -31,6 +31,15 @@ def test_cpu_flags_come_from_the_first_processor(tmp_path):
     assert host.cpu_flags(tmp_path / "missing") == set()
 
 
+def test_the_environment_overrides_the_cpu_check(monkeypatch):
+    for value, expected in (("1", True), ("0", False)):
+        monkeypatch.setenv(host.SATURATES_VARIABLE, value)
+        host.int8_kernels_saturate.cache_clear()
+        assert host.int8_kernels_saturate() is expected
+    monkeypatch.delenv(host.SATURATES_VARIABLE)
+    host.int8_kernels_saturate.cache_clear()
+
+
 def test_the_reduced_code_range_cannot_saturate_an_int16_pair():
     limit = np.iinfo(np.int16).max
     assert 2 * 255 * host.NON_SATURATING_CODE <= limit < 2 * 255 * (host.NON_SATURATING_CODE + 1)

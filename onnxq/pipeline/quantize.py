@@ -135,7 +135,7 @@ def _resolve(config: QuantConfig, calibrated: bool, transformer: bool) -> QuantC
     """``config.resolved`` for this machine, with a note when 4-bit weights lose GPTQ for want
     of images and when 8-bit weights are kept in the range int8 kernels here multiply safely."""
     resolved = config.resolved(calibrated, transformer)
-    if config.reduce_range is None and resolved.reduce_range:
+    if calibrated and config.reduce_range is None and resolved.reduce_range:
         progress.status(
             "[yellow]note:[/] this x86 CPU has no VNNI, so ONNX Runtime's int8 kernels saturate "
             "on full-range int8 weights; 8-bit weights keep 7-bit codes (±63). --full-range "
