@@ -221,8 +221,7 @@ def evaluate_command(
     from onnxq.pipeline import modelio
     from onnxq.reporting import evaluate
 
-    if runtime_name not in evaluate.RUNTIMES:
-        raise OnnxqError(f"unknown --runtime {runtime_name!r} (choose from {', '.join(evaluate.RUNTIMES)})")
+    runtime.check_runtime(runtime_name)
     if runtime_name == "openvino" and (fold_weights or ep == "cuda"):
         raise OnnxqError("--fold-weights and --ep cuda are ONNX Runtime settings; --runtime openvino runs on its CPU plugin")
     if json_path is not None:
@@ -282,8 +281,8 @@ def deploy(
     per-channel weights included) and all other weight DequantizeLinear nodes are folded into
     float (--runtime openvino keeps them compressed); --fold-weights folds them all.
     """
+    from onnxq.io.runtime import check_runtime
     from onnxq.pipeline import modelio
-    from onnxq.pipeline.deploy import check_runtime
     from onnxq.pipeline.deploy import deploy as deploy_model
 
     check_runtime(runtime)

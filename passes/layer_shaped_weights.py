@@ -85,24 +85,20 @@ def _rewrite(graph: ir.Graph, dequantize: ir.Node, reshape: ir.Node | None) -> b
     grids = [_grid_constant(value) for value in parameters]
     if any(grid is None or len(grid.const_value.shape) != 2 for grid in grids):
         return False
-    channels = view[1 - axis]  # the slices the blocks run along
-    one_block = grids[0].const_value.shape[axis] == 1
-    if one_block and all(grid is value for grid, value in zip(grids, parameters)):
-        if channels > 1 and shape[1 - axis if reshape is None else 0] != channels:
-            return False
-        if channels > 1 and reshape is not None and axis != 1:
-            return False
-        for value in parameters:  # one scale per slice: per-axis (or per-tensor)
-            _reshape_constant(value, (channels,) if channels > 1 else ())
-        _set_layout(dequantize, axis=(1 - axis if reshape is None else 0) if channels > 1 else None)
-    elif reshape is not None and axis == 1 and len(shape) > 2 and math.prod(shape[2:]) == 1:
-        if shape[0] != view[0]:
-            return False
-        grid_shape = tuple(grids[0].const_value.shape) + (1,) * (len(shape) - 2)  # 1×1 kernels
+    rows = view[1 - axis]  # the slices the blocks run along: output channels (1: per-tensor)
+    if reshape is not None and rows > 1 and (axis != 1 or shape[0] != rows):
+        return False  # a Reshape follows only the [O, I·kh·kw] view of a Conv weight
+    groups = grids[0].const_value.shape[axis]
+    if groups == 1 and all(grid is value for grid, value in zip(grids, parameters)):
+        for value in parameters:  # one scale per row: per-axis (or per-tensor)
+            _reshape_constant(value, (rows,) if rows > 1 else ())
+        _set_layout(dequantize, axis=1 - axis if rows > 1 else None)
+    elif reshape is not None and len(shape) > 2 and math.prod(shape[2:]) == 1:
+        grid_shape = (rows, groups) + (1,) * (len(shape) - 2)  # 1×1 kernels: blocks in 4-D
         for grid, value in zip(grids, parameters):
             _reshape_constant(grid, grid_shape)
             value.shape = ir.Shape(grid_shape)
-    elif reshape is not None and axis == 1 and view[1] == grids[0].const_value.shape[1] * block:
+    elif reshape is not None and view[1] == groups * block:
         _rows_per_group(graph, dequantize, parameters, grids)  # k×k kernels, groups that divide
         return True
     else:

@@ -220,7 +220,7 @@ def test_sweep_user_errors(tmp_path, tiny_imagenet_path, sample_dir):
         ([spec_path, spec_path], sample_dir, {}, "two specs are named 'small'"),
         ([spec_path], sample_dir, {"jobs": 2, "ray": "default"}, "not both"),
         ([spec_path], sample_dir, {"jobs": 0}, "--jobs must be at least 1"),
-        ([spec_path], sample_dir, {"runtime": "tensorrt"}, "unknown runtime 'tensorrt'"),
+        ([spec_path], sample_dir, {"runtime": "tensorrt"}, "unknown --runtime 'tensorrt'"),
     ]:
         with pytest.raises(OnnxqError, match=fragment):
             run_sweep(specs, SweepOptions(data_dir, out, **options))

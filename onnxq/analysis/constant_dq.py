@@ -60,7 +60,7 @@ def weight_dequantize(weight: ir.Value | None) -> ir.Node | None:
     weight."""
     producer = weight.producer() if weight is not None else None
     if producer is not None and producer.op_type == "Reshape":
-        if producer.inputs[1].const_value is None:
+        if not _is_constant_reshape(producer):
             return None
         producer = producer.inputs[0].producer()
     return producer if producer is not None and is_constant_dequantize(producer) else None
@@ -70,12 +70,9 @@ def only_reshape_reader(node: ir.Node) -> ir.Node | None:
     """The Reshape to a constant shape that is the only reader of ``node``'s output, if any
     (how blocked weights are reshaped to their layer)."""
     readers = list(node.outputs[0].consumers())
-    if len(readers) != 1 or readers[0].op_type != "Reshape":
+    if len(readers) != 1 or not _is_constant_reshape(readers[0]):
         return None
-    reshape = readers[0]
-    if reshape.inputs[1].const_value is None or reshape.outputs[0].is_graph_output():
-        return None
-    return reshape
+    return None if readers[0].outputs[0].is_graph_output() else readers[0]
 
 
 def is_plain_int8(node: ir.Node) -> bool:

@@ -12,7 +12,7 @@ from onnxq.analysis.placement import fused_features
 from onnxq.base.constants import INTEGER_KERNEL_OPS, WEIGHT_OPS
 from onnxq.base.errors import OnnxqError
 from onnxq.core.config import QuantConfig
-from onnxq.core.schemes import Scheme
+from onnxq.core.schemes import Scheme, reduced_range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,10 +154,3 @@ def _kept_nodes(
 def _at_8bit(scheme: Scheme) -> Scheme:
     return dataclasses.replace(scheme, bits=max(scheme.bits, 8))
 
-
-def reduced_range(scheme: Scheme) -> Scheme:
-    """An 8-bit symmetric weight scheme at 7 bits (int8 codes within ±63 or −64..63), which
-    ONNX Runtime's u8×s8 kernels multiply without saturating on any x86 CPU; others unchanged."""
-    if scheme.symmetric and scheme.bits == 8:
-        return dataclasses.replace(scheme, bits=7)
-    return scheme

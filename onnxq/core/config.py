@@ -16,7 +16,7 @@ from onnxq.base.constants import (
 )
 from onnxq.base import host
 from onnxq.base.errors import OnnxqError
-from onnxq.core.schemes import MAX_BITS, MIN_BITS, Granularity, Scheme
+from onnxq.core.schemes import MAX_BITS, MIN_BITS, Granularity, Scheme, reduced_range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,7 @@ class QuantConfig:
     layer's mean output shift from its bias (see ``onnxq.pipeline.layer_rounding``).
 
     ``reduce_range`` limits 8-bit symmetric weights to 7-bit codes (±63), so that ONNX Runtime's
-    u8×s8 kernels cannot saturate on x86 CPUs without VNNI (``onnxq.io.runtime``).
+    u8×s8 kernels cannot saturate on x86 CPUs without VNNI (``onnxq.base.host``).
 
     ``placement``, ``rounding``, ``bias_correction`` and ``reduce_range`` default to ``auto``
     (None for the last two): ``resolved`` turns them into what a run applies, the same for the command line,
@@ -135,9 +135,8 @@ class QuantConfig:
             reduce_range = int8_saturates and self.features is not None and self.weights.symmetric
         rounding = self.rounding
         if rounding == AUTO:
-            reduced = reduce_range and self.weights.symmetric and self.weights.bits == 8
-            below_8bit = self.weights.bits < 8 or reduced
-            rounding = "gptq" if below_8bit and calibrated else "nearest"
+            weights = reduced_range(self.weights) if reduce_range else self.weights
+            rounding = "gptq" if weights.bits < 8 and calibrated else "nearest"
         bias_correction = self.bias_correction
         if bias_correction is None:
             bias_correction = rounding == "gptq"

@@ -148,6 +148,14 @@ class Scheme:
         )
 
 
+def reduced_range(scheme: Scheme) -> Scheme:
+    """An 8-bit symmetric weight scheme at 7 bits (int8 codes within ±63 or −64..63), which
+    ONNX Runtime's u8×s8 kernels multiply without saturating on any x86 CPU; others unchanged."""
+    if scheme.symmetric and scheme.bits == 8:
+        return dataclasses.replace(scheme, bits=7)
+    return scheme
+
+
 def scheme_names() -> list[str]:
     """All scheme names the CLI accepts."""
     return [f"per-{g.value}-{k}" for g in Granularity for k in ("affine", "symmetric")]

@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -42,7 +41,7 @@ from onnxq.experiments.experiment import run_row
 from onnxq.experiments.plots import Point, plot_accuracy_vs_bits
 from onnxq.experiments.spec import Run, Spec, Table, TableRow, load_spec
 from onnxq.experiments.tables import Reference, Row, markdown_table
-from onnxq.io import data, runtime
+from onnxq.io import data, openvino_runtime, runtime
 from onnxq.models.export import exported_model
 from onnxq.pipeline import modelio
 from onnxq.reporting import evaluate
@@ -75,7 +74,7 @@ class SweepOptions:
     ep: str = "auto"
     save_models: bool = False
     dry_run: bool = False
-    runtime: str = "onnxruntime"  # evaluation runtime (``evaluate.RUNTIMES``)
+    runtime: str = "onnxruntime"  # evaluation runtime (``runtime.RUNTIMES``)
 
     @property
     def cache_dir(self) -> Path:
@@ -135,11 +134,9 @@ def run_sweep(spec_paths: Sequence[str | Path], options: SweepOptions) -> SweepS
         raise OnnxqError(f"--threads must be at least 1, got {options.threads}")
     if options.jobs > 1 and options.ray is not None:
         raise OnnxqError("use either --jobs (this machine) or --ray (a Ray cluster), not both")
-    if options.runtime not in evaluate.RUNTIMES:
-        choices = ", ".join(evaluate.RUNTIMES)
-        raise OnnxqError(f"unknown runtime {options.runtime!r} (choose from {choices})")
-    if options.runtime == "openvino" and importlib.util.find_spec("openvino") is None:
-        raise OnnxqError("--runtime openvino needs OpenVINO: pip install 'onnxq[openvino]'")
+    runtime.check_runtime(options.runtime)
+    if options.runtime == "openvino":
+        openvino_runtime.require_openvino()
     specs = [load_spec(path) for path in spec_paths]
     _check_names(specs)
     plans = [_plan(spec, options) for spec in specs]

@@ -8,6 +8,7 @@ as ``active_provider`` does for ONNX Runtime, so a measurement says where it ran
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -59,10 +60,9 @@ def create_session(
 ) -> OpenVinoSession | runtime.FixedBatchSession:
     """Compile ``model`` (in memory or a path) with OpenVINO for ``device``; a model with a
     fixed batch runs any batch, as in ``runtime.create_session``."""
-    try:
-        import openvino
-    except ImportError:
-        raise OnnxqError("--runtime openvino needs OpenVINO: pip install 'onnxq[openvino]'") from None
+    require_openvino()
+    import openvino
+
     core = openvino.Core()
     with tempfile.TemporaryDirectory() as folder:
         if isinstance(model, ir.Model):
@@ -83,6 +83,12 @@ def create_session(
     session = OpenVinoSession(compiled, device)
     batch = runtime.fixed_batch(session)
     return runtime.FixedBatchSession(session, batch) if batch is not None else session
+
+
+def require_openvino() -> None:
+    """Refuse ``--runtime openvino`` where the optional ``openvino`` package is missing."""
+    if importlib.util.find_spec("openvino") is None:
+        raise OnnxqError("--runtime openvino needs OpenVINO: pip install 'onnxq[openvino]'")
 
 
 def error_summary(error: Exception, limit: int = 400) -> str:

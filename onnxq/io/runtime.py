@@ -14,6 +14,8 @@ from onnxq.base.errors import OnnxqError
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 EP_CHOICES = ("auto", "cuda", "cpu")
+#: The runtimes onnxq evaluates on and deploys for.
+RUNTIMES = ("onnxruntime", "openvino")
 #: Session configuration that makes ONNX Runtime fold constant DequantizeLinear nodes (quantized
 #: weights) into float initializers when it loads a model. It also turns off its integer-kernel
 #: (QDQ) fusions, so it suits 4-bit and per-group models, not W8A8 ones on the CPU. CUDA sessions
@@ -31,6 +33,12 @@ def set_threads(threads: int | None) -> None:
     Several jobs sharing one machine each take a share of its cores instead of all of them.
     """
     _settings["threads"] = threads
+
+
+def check_runtime(name: str) -> None:
+    """Refuse a runtime that is not one of ``RUNTIMES``."""
+    if name not in RUNTIMES:
+        raise OnnxqError(f"unknown --runtime {name!r} (choose from {', '.join(RUNTIMES)})")
 
 
 def providers(ep: str = "auto") -> list[str]:

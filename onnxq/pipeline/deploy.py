@@ -24,7 +24,7 @@ from onnxq.analysis.constant_dq import is_constant_dequantize, is_plain_int8
 from onnxq.analysis.placement import runs_as_integer_kernel
 from onnxq.base import metadata
 from onnxq.base.constants import WEIGHT_OPS
-from onnxq.base.errors import OnnxqError
+from onnxq.io.runtime import check_runtime
 from onnxq.passes import (
     FoldWeightDequantizePass,
     ProtectFloatWeightsPass,
@@ -40,23 +40,13 @@ class DeployResult:
     folded: tuple[str, ...]  # weights folded into float
 
 
-#: The runtimes ``deploy`` writes for.
-RUNTIMES = ("onnxruntime", "openvino")
-
-
-def check_runtime(runtime: str) -> None:
-    """Refuse a runtime ``deploy`` does not write for."""
-    if runtime not in RUNTIMES:
-        raise OnnxqError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
-
-
 def deploy(model: ir.Model, fold_weights: bool = False, runtime: str = "onnxruntime") -> DeployResult:
     """Rewrite the quantized ``model`` in place into its deployment form for ``runtime``.
 
     For OpenVINO, which decompresses int4 weights when it compiles a model (as fast as float
     weights, a quarter of the file), only the weights its reader refuses are folded.
     """
-    check_runtime(runtime)
+    check_runtime(runtime)  # one of io.runtime.RUNTIMES
     widened = () if fold_weights else WidenWeightsToInt8Pass()(model).widened
     keep_compressed = runtime == "openvino" and not fold_weights
     folded = FoldWeightDequantizePass(

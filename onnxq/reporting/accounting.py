@@ -203,7 +203,7 @@ def account(model: ir.Model, include_fc: bool = False) -> ModelAccount:
 
 def _weight_account(node: ir.Node, counted: bool) -> WeightAccount | None:
     value = node.inputs[1]
-    dequantize = None if value is None else _weight_dequantize(value)
+    dequantize = None if value is None else _dequantize_of(value)
     if dequantize is None:
         if value is None or value.const_value is None:
             return None  # a weight computed at run time: not a stored weight
@@ -215,7 +215,7 @@ def _weight_account(node: ir.Node, counted: bool) -> WeightAccount | None:
     return _quantized_account(node, dequantize, counted)
 
 
-def _weight_dequantize(value: ir.Value) -> ir.Node | None:
+def _dequantize_of(value: ir.Value) -> ir.Node | None:
     """The DequantizeLinear of constant codes that ``value`` is computed from, if any."""
     producer = value.producer()
     while producer is not None and producer.op_type in _PASS_THROUGH:
@@ -229,10 +229,8 @@ def _quantized_account(node: ir.Node, dequantize: ir.Node, counted: bool) -> Wei
     codes = dequantize.inputs[0]
     bits = _bits(dequantize, codes)
     scale = dequantize.inputs[1]
-    scale_dequantize = scale.producer()
-    if scale_dequantize is not None and scale_dequantize.op_type == "Reshape":
-        scale_dequantize = scale_dequantize.inputs[0].producer()  # per-group rows: [O, G] flat
-    decomposed = scale_dequantize is not None and scale_dequantize.op_type == "DequantizeLinear"
+    scale_dequantize = _dequantize_of(scale)  # decomposed scales (through a Reshape in rows)
+    decomposed = scale_dequantize is not None
     if decomposed:
         scale_codes, channel_scale = scale_dequantize.inputs[0], scale_dequantize.inputs[1]
         groups = math.prod(scale_codes.const_value.shape)

@@ -84,21 +84,16 @@ def evaluate(
     )
 
 
-#: The runtimes ``evaluate`` can run a model on.
-RUNTIMES = ("onnxruntime", "openvino")
-
-
 def _session(model, runtime_name: str, ep: str, session_config: Mapping[str, str] | None):
+    runtime.check_runtime(runtime_name)
     if runtime_name == "onnxruntime":
         session = runtime.create_session(model, ep, config=session_config)
         if runtime.active_provider(session) == runtime.CPU and not session_config:
             _warn_if_int8_kernels_saturate(model)
         return session
-    if runtime_name == "openvino":
-        from onnxq.io import openvino_runtime
+    from onnxq.io import openvino_runtime
 
-        return openvino_runtime.create_session(model)
-    raise OnnxqError(f"unknown runtime {runtime_name!r} (choose from {', '.join(RUNTIMES)})")
+    return openvino_runtime.create_session(model)
 
 
 def _warn_if_int8_kernels_saturate(model: ir.Model | str) -> None:
