@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
-from numpy.lib.stride_tricks import sliding_window_view
 
 from onnxq.analysis.plan import WeightTarget
 from onnxq.base.errors import OnnxqError
@@ -104,32 +103,52 @@ def _kernel_patches(
     """``patches`` of a Conv with a kernel larger than 1, a stride or padding.
 
     Every position: one strided slice of the padded input per kernel tap, copied into
-    ``[C, *kernel, N, *out]`` (the ``[groups, D, columns]`` layout). Chosen positions: one
-    gather of their windows ``[N, k, C, *kernel]``, then one transposing copy. Each way is the
-    faster one for its case on EfficientNet-Lite0's and ResNet's layers: slicing is 4–6× the
-    gather over every position, and the gather 2× one gather per tap at sampled positions.
+    ``[C, *kernel, N, *out]`` (the ``[groups, D, columns]`` layout). Chosen positions:
+    ``_sampled_patches``.
     """
+    if positions is not None:
+        return _sampled_patches(x, geometry, positions)
     batch, channels = x.shape[:2]
     padded = _padded(x, geometry)
     out = _out_spatial(padded.shape[2:], geometry)
     depth = channels // geometry.groups * int(np.prod(geometry.kernel))
-    if positions is None:
-        unrolled = np.empty((channels,) + geometry.kernel + (batch,) + out, dtype=np.float32)
-        for tap, window in _tap_windows(geometry, out):
-            unrolled[(slice(None),) + tap] = padded[(slice(None), slice(None)) + window].swapaxes(0, 1)
-        return unrolled.reshape(geometry.groups, depth, -1)
-    rank = len(geometry.kernel)
-    spans = [d * (k - 1) + 1 for k, d in zip(geometry.kernel, geometry.dilations)]
-    windows = sliding_window_view(padded, spans, axis=tuple(range(2, 2 + rank)))
-    windows = windows[
-        (slice(None), slice(None))
-        + tuple(slice(None, None, s) for s in geometry.strides)
-        + tuple(slice(None, None, d) for d in geometry.dilations)
-    ]  # [N, C, *out, *kernel]
-    where = np.unravel_index(positions, out)
-    picked = windows[(np.arange(batch)[:, None], slice(None)) + where]  # [N, k, C, *kernel]
-    order = (2,) + tuple(range(3, 3 + rank)) + (0, 1)
-    return picked.transpose(order).reshape(geometry.groups, depth, -1)
+    unrolled = np.empty((channels,) + geometry.kernel + (batch,) + out, dtype=np.float32)
+    for tap, window in _tap_windows(geometry, out):
+        unrolled[(slice(None),) + tap] = padded[(slice(None), slice(None)) + window].swapaxes(0, 1)
+    return unrolled.reshape(geometry.groups, depth, -1)
+
+
+def _sampled_patches(x: np.ndarray, geometry: LayerGeometry, positions: np.ndarray) -> np.ndarray:
+    """``patches`` at the chosen output positions ``[N, k]``: one gather from the unpadded input.
+
+    Each (tap, position) pair names one input pixel, or the padding; the gather reads
+    ``N·C·taps·k`` values and never copies the whole input (padding it cost more than the
+    sampled patches themselves on EfficientNet-Lite0's depthwise layers).
+    """
+    batch, channels = x.shape[:2]
+    spatial = x.shape[2:]
+    rank = len(spatial)
+    out = _out_spatial(
+        tuple(n + geometry.pads[a] + geometry.pads[rank + a] for a, n in enumerate(spatial)), geometry
+    )
+    where = np.unravel_index(positions, out)  # per axis [N, k]
+    taps = np.indices(geometry.kernel).reshape(rank, -1)  # per axis [taps]
+    flat = np.zeros((batch, taps.shape[1], positions.shape[1]), dtype=np.intp)  # [N, taps, k]
+    inside = np.ones(flat.shape, dtype=bool)
+    for axis, size in enumerate(spatial):
+        begin = where[axis][:, None] * geometry.strides[axis] - geometry.pads[axis]
+        coordinate = begin + (taps[axis] * geometry.dilations[axis])[:, None]
+        inside &= (coordinate >= 0) & (coordinate < size)
+        flat = flat * size + np.clip(coordinate, 0, size - 1)
+    pixels = x.reshape(batch, channels, -1)
+    gathered = np.empty((batch, channels, flat[0].size), dtype=np.float32)
+    for image in range(batch):  # np.take per image: 3× take_along_axis's broadcast gather
+        np.take(pixels[image], flat[image].reshape(-1), axis=1, out=gathered[image])
+    gathered = gathered.reshape(batch, channels, *flat.shape[1:])  # [N, C, taps, k]
+    if not inside.all():
+        gathered *= inside[:, None]
+    depth = channels // geometry.groups * taps.shape[1]
+    return gathered.transpose(1, 2, 0, 3).reshape(geometry.groups, depth, -1)
 
 
 def _padded(x: np.ndarray, geometry: LayerGeometry) -> np.ndarray:

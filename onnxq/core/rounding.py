@@ -18,8 +18,10 @@ import scipy.linalg
 
 from onnxq.core import quant_math
 
-#: Columns updated eagerly before the rest of the weight gets one matrix-product update.
+#: Columns rounded before the rest of the weight gets one matrix-product update (GPTQ's lazy
+#: batch); within it, columns rounded one by one before the rest of the block gets one.
 _LAZY_BLOCK = 128
+_EAGER_BLOCK = 16
 
 #: Below this many inputs, factors are inverted in one batched NumPy call.
 _BATCHED_INVERSE_DEPTH = 64
@@ -87,32 +89,67 @@ def gptq_codes(
     rounds (float32, half to even), so without error to pass on this is round-to-nearest.
     """
     order = _column_order(hessian, act_order)
-    work, scale, zero_point = (
-        _take_columns(np.asarray(a, dtype=np.float64), order) for a in (weight, scale, zero_point)
-    )
     backwards = order[:, ::-1]  # J P H Pᵀ J: in rounding order, reversed (one new array)
     group = np.arange(len(order))[:, None, None]
     reversed_hessian = np.asarray(hessian, dtype=np.float64)[
         group, backwards[:, :, None], backwards[:, None, :]
     ]
     upper = _inverse_cholesky(reversed_hessian, damping)
+    # Columns first (``[g, D, R]``), in rounding order: each column a contiguous row.
+    work, scale, zero_point = (
+        _take_columns(np.asarray(a, dtype=np.float64), order).transpose(0, 2, 1).copy()
+        for a in (weight, scale, zero_point)
+    )
+    grid = _Grid(scale, zero_point, bits, signed, restricted)
     codes = np.empty(work.shape, dtype=np.int32)
-    columns = work.shape[2]
+    inverse_diagonal = 1.0 / np.diagonal(upper, axis1=1, axis2=2)  # [g, D]
+    errors = np.empty_like(work)  # each column's error over its pivot, [g, D, R]
+    columns = work.shape[1]
     for start in range(0, columns, _LAZY_BLOCK):
         stop = min(start + _LAZY_BLOCK, columns)
-        errors = np.empty(work.shape[:2] + (stop - start,))
-        for column in range(start, stop):
-            step, offset = scale[:, :, column], zero_point[:, :, column]
-            values = work[:, :, column]
-            code = quant_math.quantize(
-                values, step.astype(np.float32), offset, bits, signed, restricted
-            )
-            codes[:, :, column] = code
-            error = (values - (code - offset) * step) / upper[:, column, column][:, None]
-            work[:, :, column:stop] -= error[:, :, None] * upper[:, None, column, column:stop]
-            errors[:, :, column - start] = error
-        work[:, :, stop:] -= np.matmul(errors, upper[:, start:stop, stop:])
-    return _take_columns(codes, np.argsort(order, axis=1))
+        for inner in range(start, stop, _EAGER_BLOCK):
+            inner_stop = min(inner + _EAGER_BLOCK, stop)
+            for column in range(inner, inner_stop):
+                values = work[:, column]
+                code = grid.round(values, column)
+                codes[:, column] = code
+                error = (values - grid.dequantize(code, column)) * inverse_diagonal[:, column, None]
+                errors[:, column] = error
+                following = upper[:, column, column + 1 : inner_stop]  # [g, rest]
+                work[:, column + 1 : inner_stop] -= following[:, :, None] * error[:, None, :]
+            _update(work, errors, upper, inner, inner_stop, stop)
+        _update(work, errors, upper, start, stop, columns)
+    return _take_columns(codes.transpose(0, 2, 1), np.argsort(order, axis=1))
+
+
+def _update(work: np.ndarray, errors: np.ndarray, upper: np.ndarray, start: int, stop: int,
+            end: int) -> None:
+    """GPTQ's lazy update: columns ``[stop, end)`` take the errors of columns ``[start, stop)``."""
+    if stop < end:
+        block = upper[:, start:stop, stop:end].transpose(0, 2, 1)  # [g, end − stop, stop − start]
+        work[:, stop:end] -= np.matmul(block, errors[:, start:stop])
+
+
+class _Grid:
+    """Per-weight scale and zero point (``[g, D, R]``), rounding one column as ONNX
+    QuantizeLinear does (float32, half to even, clamped), with the float32 copies made once."""
+
+    def __init__(self, scale: np.ndarray, zero_point: np.ndarray, bits: int, signed: bool,
+                 restricted: bool) -> None:
+        self.scale, self.zero_point = scale, zero_point
+        self.scale32 = scale.astype(np.float32)
+        self.zero_point32 = zero_point.astype(np.float32)
+        self.low, self.high = quant_math.integer_range(bits, signed, restricted)
+
+    def round(self, values: np.ndarray, column: int) -> np.ndarray:
+        """The codes of one column's values (float32 integers)."""
+        code = np.round(values.astype(np.float32) / self.scale32[:, column])
+        code += self.zero_point32[:, column]
+        return np.clip(code, self.low, self.high, out=code)
+
+    def dequantize(self, code: np.ndarray, column: int) -> np.ndarray:
+        """What those codes restore, in float64."""
+        return (code - self.zero_point[:, column]) * self.scale[:, column]
 
 
 def _column_order(hessian: np.ndarray, act_order: bool) -> np.ndarray:
