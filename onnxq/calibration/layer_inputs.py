@@ -12,15 +12,18 @@ Memory is ``groups × D²`` whatever the number of images.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from onnxq.analysis.plan import WeightTarget
 from onnxq.base.errors import OnnxqError
 from onnxq.calibration import streaming
 from onnxq.core import rounding
+from onnxq.io import runtime
 
 # Patch values unrolled per chunk (bounds the im2col temporary to ~64 MiB of float32).
 _CHUNK_VALUES = 1 << 24
@@ -100,30 +103,14 @@ def patches(x: np.ndarray, geometry: LayerGeometry, positions: np.ndarray | None
 def _kernel_patches(
     x: np.ndarray, geometry: LayerGeometry, positions: np.ndarray | None
 ) -> np.ndarray:
-    """``patches`` of a Conv with a kernel larger than 1, a stride or padding.
+    """``patches`` of a Conv with a kernel larger than 1, a stride or padding: one gather.
 
-    Every position: one strided slice of the padded input per kernel tap, copied into
-    ``[C, *kernel, N, *out]`` (the ``[groups, D, columns]`` layout). Chosen positions:
-    ``_sampled_patches``.
-    """
-    if positions is not None:
-        return _sampled_patches(x, geometry, positions)
-    batch, channels = x.shape[:2]
-    padded = _padded(x, geometry)
-    out = _out_spatial(padded.shape[2:], geometry)
-    depth = channels // geometry.groups * int(np.prod(geometry.kernel))
-    unrolled = np.empty((channels,) + geometry.kernel + (batch,) + out, dtype=np.float32)
-    for tap, window in _tap_windows(geometry, out):
-        unrolled[(slice(None),) + tap] = padded[(slice(None), slice(None)) + window].swapaxes(0, 1)
-    return unrolled.reshape(geometry.groups, depth, -1)
-
-
-def _sampled_patches(x: np.ndarray, geometry: LayerGeometry, positions: np.ndarray) -> np.ndarray:
-    """``patches`` at the chosen output positions ``[N, k]``: one gather from the unpadded input.
-
-    Each (tap, position) pair names one input pixel, or the padding; the gather reads
-    ``N·C·taps·k`` values and never copies the whole input (padding it cost more than the
-    sampled patches themselves on EfficientNet-Lite0's depthwise layers).
+    Each (tap, output position) pair names one input pixel, or the padding. Two ways to gather,
+    the cheaper one for the sizes at hand (on EfficientNet-Lite0 and the ResNets, 1.5–5× the
+    other): where the patches outnumber the input values, one ``np.take`` from a
+    ``[C, N·pixels + 1]`` copy of the input whose last column is the padding's zero, which
+    writes the ``[C, taps, N·k]`` layout directly; where few positions are kept from a large
+    input, one ``np.take`` per image from the input itself, then a transposing copy.
     """
     batch, channels = x.shape[:2]
     spatial = x.shape[2:]
@@ -131,24 +118,51 @@ def _sampled_patches(x: np.ndarray, geometry: LayerGeometry, positions: np.ndarr
     out = _out_spatial(
         tuple(n + geometry.pads[a] + geometry.pads[rank + a] for a, n in enumerate(spatial)), geometry
     )
+    if positions is None:
+        positions = np.broadcast_to(np.arange(int(np.prod(out))), (batch, int(np.prod(out))))
     where = np.unravel_index(positions, out)  # per axis [N, k]
     taps = np.indices(geometry.kernel).reshape(rank, -1)  # per axis [taps]
-    flat = np.zeros((batch, taps.shape[1], positions.shape[1]), dtype=np.intp)  # [N, taps, k]
-    inside = np.ones(flat.shape, dtype=bool)
+    pixel = np.zeros((taps.shape[1], batch, positions.shape[1]), dtype=np.intp)  # [taps, N, k]
+    inside = np.ones(pixel.shape, dtype=bool)
     for axis, size in enumerate(spatial):
-        begin = where[axis][:, None] * geometry.strides[axis] - geometry.pads[axis]
-        coordinate = begin + (taps[axis] * geometry.dilations[axis])[:, None]
+        coordinate = (
+            where[axis] * geometry.strides[axis]
+            - geometry.pads[axis]
+            + (taps[axis] * geometry.dilations[axis])[:, None, None]
+        )
         inside &= (coordinate >= 0) & (coordinate < size)
-        flat = flat * size + np.clip(coordinate, 0, size - 1)
-    pixels = x.reshape(batch, channels, -1)
-    gathered = np.empty((batch, channels, flat[0].size), dtype=np.float32)
-    for image in range(batch):  # np.take per image: 3× take_along_axis's broadcast gather
-        np.take(pixels[image], flat[image].reshape(-1), axis=1, out=gathered[image])
-    gathered = gathered.reshape(batch, channels, *flat.shape[1:])  # [N, C, taps, k]
-    if not inside.all():
-        gathered *= inside[:, None]
+        pixel = pixel * size + np.clip(coordinate, 0, size - 1)
+    pixels = int(np.prod(spatial))
     depth = channels // geometry.groups * taps.shape[1]
-    return gathered.transpose(1, 2, 0, 3).reshape(geometry.groups, depth, -1)
+    if pixels <= 2 * pixel.shape[0] * pixel.shape[2]:
+        columns = _gather_from_table(x.reshape(batch, channels, pixels), pixel, inside)
+    else:
+        columns = _gather_per_image(x.reshape(batch, channels, pixels), pixel, inside)
+    return columns.reshape(geometry.groups, depth, -1)
+
+
+def _gather_from_table(x: np.ndarray, pixel: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """``[C, taps·N·k]`` from ``x [N, C, pixels]`` and the pixel of every tap, image and
+    position ``[taps, N, k]``, through one copy of ``x`` with a zero column for the padding."""
+    batch, channels, pixels = x.shape
+    table = np.empty((channels, batch * pixels + 1), dtype=np.float32)
+    table[:, :-1].reshape(channels, batch, pixels)[...] = x.transpose(1, 0, 2)
+    table[:, -1] = 0.0
+    index = pixel + (np.arange(batch) * pixels)[:, None]
+    index[~inside] = batch * pixels
+    return np.take(table, index.reshape(-1), axis=1)
+
+
+def _gather_per_image(x: np.ndarray, pixel: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """``_gather_from_table``'s result without copying ``x``: one ``np.take`` per image."""
+    batch, channels, _ = x.shape
+    taps, _, kept = pixel.shape
+    gathered = np.empty((batch, channels, taps, kept), dtype=np.float32)
+    for image in range(batch):
+        np.take(x[image], pixel[:, image].reshape(-1), axis=1, out=gathered[image].reshape(channels, -1))
+    if not inside.all():
+        gathered *= inside.transpose(1, 0, 2)[:, None]
+    return gathered.transpose(1, 2, 0, 3).reshape(channels, -1)
 
 
 def _padded(x: np.ndarray, geometry: LayerGeometry) -> np.ndarray:
@@ -200,6 +214,34 @@ def patch_sums(x: np.ndarray, geometry: LayerGeometry) -> np.ndarray:
     for tap, window in _tap_windows(geometry, _out_spatial(image.shape[1:], geometry)):
         sums[(slice(None),) + tap] = image[(slice(None),) + window].sum(axis=tuple(range(1, 1 + rank)))
     return sums.reshape(geometry.groups, -1)
+
+
+def batched_gram(columns: np.ndarray) -> np.ndarray:
+    """``A Aᵀ`` for each group's ``A`` in ``columns [g, D, p]``, float32.
+
+    One group: NumPy's matrix product (one BLAS call). Many groups of a few inputs each (a
+    depthwise layer's 9 or 25 taps per channel): ONNX Runtime's batched MatMul, 4× NumPy's
+    one-BLAS-call-per-group loop on EfficientNet-Lite0's 5×5 depthwise layers.
+    """
+    if columns.shape[0] == 1:
+        return np.matmul(columns, columns.transpose(0, 2, 1))
+    return _gram_session().run(None, {"columns": np.ascontiguousarray(columns)})[0]
+
+
+@functools.cache
+def _gram_session():
+    """A CPU session computing ``MatMul(A, Transpose(A))`` over a batch of matrices."""
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("Transpose", ["columns"], ["transposed"], perm=[0, 2, 1]),
+            onnx.helper.make_node("MatMul", ["columns", "transposed"], ["gram"]),
+        ],
+        "batched_gram",
+        [onnx.helper.make_tensor_value_info("columns", onnx.TensorProto.FLOAT, ["g", "d", "p"])],
+        [onnx.helper.make_tensor_value_info("gram", onnx.TensorProto.FLOAT, ["g", "d", "d"])],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 21)])
+    return runtime.create_session(model.SerializeToString(), ep="cpu", spinning=False)
 
 
 def positions_per_image(depth: int, images: int, samples_per_dim: int = 256) -> int:
@@ -321,12 +363,11 @@ class InputStatistics:
             return
         columns = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending, axis=2)
         self._pending, self._pending_columns = [], 0
-        # ``A Aᵀ`` of one buffer: NumPy's matmul runs it as a symmetric rank-k update (half the
-        # multiply-adds of a general product), batched over the groups. The sum stays float32:
+        # ``A Aᵀ`` of one buffer (``batched_gram``). The sum stays float32:
         # each update already sums at least ``D`` columns in float32, a few hundred updates add
         # a relative error near 1e-5, far below GPTQ's 1 % damping, and every layer's ``D × D``
         # sum is alive until the pass ends, so float64 would double the peak memory.
-        gram = np.matmul(columns, columns.transpose(0, 2, 1))
+        gram = batched_gram(columns)
         if self.gram is None:
             self.gram = gram
         else:

@@ -79,6 +79,7 @@ def create_session(
     threads: int | None = None,
     config: Mapping[str, str] | None = None,
     memory_pattern: bool = True,
+    spinning: bool = True,
 ) -> ort.InferenceSession | FixedBatchSession:
     """An inference session for an in-memory model, serialized bytes or a file path; over a
     model with a fixed batch dimension, a ``FixedBatchSession`` that runs any batch size.
@@ -86,12 +87,17 @@ def create_session(
     ``config`` holds session configuration entries, e.g. ``FOLD_WEIGHTS_AT_LOAD``.
     ``memory_pattern=False`` turns off ONNX Runtime's memory pattern planning, which otherwise
     lets peak memory grow over a long stream of runs that return many intermediate tensors.
+    ``spinning=False`` makes ONNX Runtime's threads sleep between runs instead of spinning
+    (which it does by default for a while after each run): where Python works on a run's
+    outputs before the next run, spinning threads take the cores that work needs.
     """
     if isinstance(model, ir.Model):
         model = ir.serde.serialize_model(model).SerializeToString()
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.enable_mem_pattern = memory_pattern
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     chosen = providers(ep)
     if CUDA in chosen:
         config = {**FOLD_WEIGHTS_AT_LOAD, **(config or {})}
