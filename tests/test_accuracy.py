@@ -52,3 +52,24 @@ def test_quantization_is_deterministic(effnet_path, sample_images, tmp_path):
         modelio.save_model(model, tmp_path / f"{run}.onnx")
         outputs.append((tmp_path / f"{run}.onnx").read_bytes())
     assert outputs[0] == outputs[1]
+
+
+def test_w4a8_gptq_on_quantized_inputs_stays_with_gptq_on_float_inputs(effnet_path, sample_images):
+    """4-bit weights, GPTQ and bias correction in 2 stages: the second stage's layers fitted to
+    the float output on the first stage's quantized inputs. Correcting an earlier stage's mean
+    shift again in every later layer of a stage cost 23 points of agreement here."""
+    calibration, unseen = sample_images.split(128, seed=0)
+    unseen = unseen.head(186)
+    model = modelio.load_model(effnet_path)
+    preprocessing = modelio.get_preprocessing(model)
+    reference = evaluate.evaluate(model, unseen, preprocessing, ep="cpu")
+    config = QuantConfig(
+        weights=Scheme.parse("per-channel-affine", bits=4),
+        features=Scheme.parse("per-tensor-affine", bits=8),
+        keep_8bit=("first", "last"),
+        gptq_inputs="quantized",
+        gptq_stages=2,
+    )
+    quantize(model, config, calibration)
+    quantized = evaluate.evaluate(model, unseen, preprocessing, ep="cpu")
+    assert reference.agreement(quantized) > 90.0

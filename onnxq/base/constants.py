@@ -26,6 +26,8 @@ AUTO = "auto"
 PLACEMENTS = ("inputs", "fused")
 #: How weight codes are chosen on their grid (``onnxq.pipeline.layer_rounding``).
 ROUNDINGS = ("nearest", "gptq")
+#: Where GPTQ and bias correction take each layer's inputs from (``QuantConfig.gptq_inputs``).
+GPTQ_INPUTS = ("float", "quantized")
 #: Multipliers of the activation ranges in the smoothing scale (the seed log's ablation).
 ACT_SCALES = {"absmax": 1.0, "absmax*10": 10.0, "absmax/10": 0.1}
 #: Reorder sort keys: calibrated activation ranges, or the consumers' weight ranges.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import onnx
@@ -216,31 +216,38 @@ def patch_sums(x: np.ndarray, geometry: LayerGeometry) -> np.ndarray:
     return sums.reshape(geometry.groups, -1)
 
 
-def batched_gram(columns: np.ndarray) -> np.ndarray:
-    """``A Aᵀ`` for each group's ``A`` in ``columns [g, D, p]``, float32.
+def batched_gram(columns: np.ndarray, other: np.ndarray | None = None) -> np.ndarray:
+    """``B Aᵀ`` for each group's ``A`` in ``columns [g, D, p]`` and ``B`` in ``other`` (default
+    ``A``), float32.
 
     One group: NumPy's matrix product (one BLAS call). Many groups of a few inputs each (a
     depthwise layer's 9 or 25 taps per channel): ONNX Runtime's batched MatMul, 4× NumPy's
     one-BLAS-call-per-group loop on EfficientNet-Lite0's 5×5 depthwise layers.
     """
+    other = columns if other is None else other
     if columns.shape[0] == 1:
-        return np.matmul(columns, columns.transpose(0, 2, 1))
-    return _gram_session().run(None, {"columns": np.ascontiguousarray(columns)})[0]
+        return np.matmul(other, columns.transpose(0, 2, 1))
+    feeds = {"left": np.ascontiguousarray(other), "right": np.ascontiguousarray(columns)}
+    return _product_session().run(None, feeds)[0]
 
 
 @functools.cache
-def _gram_session():
-    """A CPU session computing ``MatMul(A, Transpose(A))`` over a batch of matrices."""
-    graph = onnx.helper.make_graph(
+def _product_session():
+    """A CPU session computing ``MatMul(B, Transpose(A))`` over a batch of matrices."""
+    helper = onnx.helper
+    graph = helper.make_graph(
         [
-            onnx.helper.make_node("Transpose", ["columns"], ["transposed"], perm=[0, 2, 1]),
-            onnx.helper.make_node("MatMul", ["columns", "transposed"], ["gram"]),
+            helper.make_node("Transpose", ["right"], ["transposed"], perm=[0, 2, 1]),
+            helper.make_node("MatMul", ["left", "transposed"], ["product"]),
         ],
-        "batched_gram",
-        [onnx.helper.make_tensor_value_info("columns", onnx.TensorProto.FLOAT, ["g", "d", "p"])],
-        [onnx.helper.make_tensor_value_info("gram", onnx.TensorProto.FLOAT, ["g", "d", "d"])],
+        "batched_product",
+        [
+            helper.make_tensor_value_info("left", onnx.TensorProto.FLOAT, ["g", "d", "p"]),
+            helper.make_tensor_value_info("right", onnx.TensorProto.FLOAT, ["g", "d", "p"]),
+        ],
+        [helper.make_tensor_value_info("product", onnx.TensorProto.FLOAT, ["g", "d", "d"])],
     )
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 21)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     return runtime.create_session(model.SerializeToString(), ep="cpu", spinning=False)
 
 
@@ -260,6 +267,11 @@ class InputStatistics:
     (planned on the first batch from its positions and ``images``, the number of images that
     will be streamed); otherwise, or when ``min_gram_samples`` is None, only ``Σ x`` is kept and
     ``has_gram`` is False.
+
+    ``paired``: every batch comes with a reference input ``r`` of the same shape (the layer's
+    input in the float network, while ``x`` is its input in a partly quantized one); then
+    ``Σ r xᵀ`` over the same patch columns and the reference's ``Σ r`` are kept as well
+    (``cross_moment``, ``reference.mean``).
     """
 
     def __init__(
@@ -269,6 +281,7 @@ class InputStatistics:
         seed: int = 0,
         images: int | None = None,
         min_gram_samples: int | None = 0,
+        paired: bool = False,
     ) -> None:
         self.geometry = geometry
         self.positions_per_image = positions_per_image
@@ -283,17 +296,31 @@ class InputStatistics:
         self._gram_columns = 0  # columns summed into ``gram``
         self._pending: list[np.ndarray] = []  # patch columns not yet in ``gram``
         self._pending_columns = 0
+        self.reference = InputStatistics(geometry, min_gram_samples=None) if paired else None
+        self.cross: np.ndarray | None = None  # Σ r xᵀ
+        self._pending_reference: list[np.ndarray] = []
 
-    def update(self, x: np.ndarray) -> None:
-        """Fold one batch of the layer's input in, a few images at a time."""
+    @property
+    def paired(self) -> bool:
+        return self.reference is not None
+
+    def update(self, x: np.ndarray, reference: np.ndarray | None = None) -> None:
+        """Fold one batch of the layer's input in, a few images at a time (with its reference
+        input, if paired)."""
         x = np.asarray(x, dtype=np.float32)
+        if (reference is not None) != self.paired:
+            raise ValueError("a paired statistic takes a reference input with every batch, "
+                             "an unpaired one none")
+        if reference is not None:
+            reference = np.asarray(reference, dtype=np.float32)
+            self.reference.update(reference)
         geometry = self.geometry.for_input(x.shape[2:]) if self.geometry.kernel else self.geometry
         self._sum_inputs(x)
         if not geometry.kernel:
             rows = x.size // x.shape[-1]
             self.count += rows
             if self._decide_gram(rows // len(x)):
-                self._add(patches(x, geometry))
+                self._add(patches(x, geometry), _patches_of(reference, geometry))
             return
         positions = output_positions(x.shape, geometry)
         self.count += positions * len(x)
@@ -305,7 +332,11 @@ class InputStatistics:
         step = max(1, _CHUNK_VALUES // (kept * x.shape[1] * int(np.prod(geometry.kernel))))
         for start in range(0, len(x), step):
             part = None if chosen is None else chosen[start : start + step]
-            self._add(patches(x[start : start + step], geometry, part))
+            images = slice(start, start + step)
+            self._add(
+                patches(x[images], geometry, part),
+                None if reference is None else patches(reference[images], geometry, part),
+            )
 
     def _decide_gram(self, columns_per_image: int) -> bool:
         """Whether ``Σ x xᵀ`` is kept, decided on the first batch."""
@@ -325,8 +356,8 @@ class InputStatistics:
             return
         if self._input_sum is not None and self._input_sum.shape != x.shape[1:]:
             self._fold_input_sum()  # the spatial size changed: fold what was summed so far
-        if self._input_sum is None:
-            self._input_sum = np.zeros(x.shape[1:])
+        if self._input_sum is None:  # float32: a sum of one batch sum per few images
+            self._input_sum = np.zeros(x.shape[1:], dtype=np.float32)
         self._input_sum += x.sum(axis=0)
 
     def _fold_input_sum(self) -> None:
@@ -347,11 +378,14 @@ class InputStatistics:
             axis=1,
         )
 
-    def _add(self, columns: np.ndarray) -> None:
-        """Queue patch columns ``[g, D, p]``; they enter ``gram`` once at least ``D/4`` wait, so
-        each ``D × D`` update serves a quarter as many columns as it has rows (the queue holds
-        at most a quarter of the memory of ``gram`` itself, or ``_CHUNK_VALUES``)."""
+    def _add(self, columns: np.ndarray, reference: np.ndarray | None = None) -> None:
+        """Queue patch columns ``[g, D, p]`` (and the reference's); they enter ``gram`` once at
+        least ``D/4`` wait, so each ``D × D`` update serves a quarter as many columns as it has
+        rows (the queue holds at most a quarter of the memory of ``gram`` itself, or
+        ``_CHUNK_VALUES``)."""
         self._pending.append(columns)
+        if reference is not None:
+            self._pending_reference.append(reference)
         self._pending_columns += columns.shape[2]
         depth = columns.shape[1]
         wanted = max(depth // 4, 1)
@@ -361,8 +395,14 @@ class InputStatistics:
     def _flush(self) -> None:
         if not self._pending:
             return
-        columns = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending, axis=2)
-        self._pending, self._pending_columns = [], 0
+        columns = _joined(self._pending)
+        if self._pending_reference:
+            cross = batched_gram(columns, _joined(self._pending_reference))
+            if self.cross is None:
+                self.cross = cross
+            else:
+                self.cross += cross
+        self._pending, self._pending_reference, self._pending_columns = [], [], 0
         # ``A Aᵀ`` of one buffer (``batched_gram``). The sum stays float32:
         # each update already sums at least ``D`` columns in float32, a few hundred updates add
         # a relative error near 1e-5, far below GPTQ's 1 % damping, and every layer's ``D × D``
@@ -388,12 +428,32 @@ class InputStatistics:
             raise ValueError("no layer input was observed")
         return self.gram.astype(np.float64) / self._gram_columns
 
+    def cross_moment(self) -> np.ndarray:
+        """``E[r xᵀ]`` per group over the same columns as ``hessian``, ``[g, D, D]`` float64."""
+        self._flush()
+        if self.cross is None:
+            raise ValueError("no paired input was observed")
+        return self.cross.astype(np.float64) / self._gram_columns
+
+    def release_moments(self) -> None:
+        """Drop ``Σ x xᵀ`` and ``Σ r xᵀ`` (once the layer's codes are chosen); the sums stay."""
+        self._flush()
+        self.gram = self.cross = None
+
     def mean(self) -> np.ndarray:
         """``E[x]`` per group, ``[g, D]`` float64."""
         self._fold_input_sum()
         if self._total is None:
             raise ValueError("no layer input was observed")
         return self._total / self.count
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+
+
+def _patches_of(x: np.ndarray | None, geometry: LayerGeometry) -> np.ndarray | None:
+    return None if x is None else patches(x, geometry)
 
 
 @dataclasses.dataclass
@@ -417,12 +477,15 @@ def observe(
     images: int,
     seed: int = 0,
     second_moments: bool = True,
+    paired: Collection[str] = (),
 ) -> LayerInputs:
     """Empty statistics of every target layer's input, for ``images`` images to come.
 
     ``second_moments`` False keeps only ``Σ x`` (bias correction). Otherwise ``Σ x xᵀ`` is kept
     where rounding would use it: on too few samples it is shrunk all the way to its diagonal
     (``rounding.min_correlated_samples``), and GPTQ on a diagonal is round-to-nearest.
+    ``paired``: the nodes whose statistics take a reference input with every batch
+    (``InputStatistics``).
     """
     nodes = {node.name: node for node in model.graph}
     statistics: dict[str, InputStatistics] = {}
@@ -437,6 +500,7 @@ def observe(
             seed,
             images,
             rounding.min_correlated_samples(depth) if second_moments else None,
+            target.node in paired,
         )
         tensors[target.node] = node.inputs[0].name
     return LayerInputs(statistics, tensors)

@@ -9,6 +9,7 @@ from onnxq.base.constants import (
     ACT_SCALES,
     AUTO,
     FEATURE_OPS,
+    GPTQ_INPUTS,
     PLACEMENTS,
     REORDER_KEYS,
     ROUNDINGS,
@@ -40,7 +41,10 @@ class QuantConfig:
 
     ``rounding`` chooses weight codes on the observer's grid: ``nearest``, or ``gptq`` (error
     compensation over each layer's calibration inputs); ``bias_correction`` subtracts each
-    layer's mean output shift from its bias (see ``onnxq.pipeline.layer_rounding``).
+    layer's mean output shift from its bias (see ``onnxq.pipeline.layer_rounding``). Both
+    measure each layer's inputs in the float network (``gptq_inputs`` ``float``, one pass), or
+    in ``gptq_stages`` stages, each from the network whose earlier stages are quantized, fitted
+    to the float network's output (``quantized``, one more pass per stage).
 
     ``reduce_range`` limits 8-bit symmetric weights to 7-bit codes (±63), so that ONNX Runtime's
     u8×s8 kernels cannot saturate on x86 CPUs without VNNI (``onnxq.base.host``).
@@ -66,6 +70,8 @@ class QuantConfig:
     rounding: str = AUTO
     bias_correction: bool | None = None
     reduce_range: bool | None = None
+    gptq_inputs: str = "float"
+    gptq_stages: int = 4
 
     def __post_init__(self) -> None:
         unknown = [op for op in self.ops if op not in WEIGHT_OPS + FEATURE_OPS]
@@ -101,6 +107,12 @@ class QuantConfig:
             )
         if self.reduce_range not in (None, True, False):
             raise OnnxqError(f"reduce_range must be true or false, got {self.reduce_range!r}")
+        if self.gptq_inputs not in GPTQ_INPUTS:
+            raise OnnxqError(
+                f"unknown --gptq-inputs {self.gptq_inputs!r} (choose from {', '.join(GPTQ_INPUTS)})"
+            )
+        if self.gptq_stages < 1:
+            raise OnnxqError(f"--gptq-stages must be at least 1, got {self.gptq_stages}")
         if self.rounding not in ROUNDINGS + (AUTO,):
             raise OnnxqError(
                 f"unknown --rounding {self.rounding!r} (choose from {', '.join(ROUNDINGS + (AUTO,))})"
@@ -149,6 +161,8 @@ class QuantConfig:
         """What this (resolved) config does beyond round-to-nearest, e.g. ``gptq rounding``."""
         notes = [f"{self.rounding} rounding"] if self.rounding != "nearest" else []
         notes += ["bias correction"] * bool(self.bias_correction)
+        if self.gptq_inputs == "quantized" and (self.rounding == "gptq" or self.bias_correction):
+            notes.append(f"inputs from the quantized network in {self.gptq_stages} stages")
         return notes + ["8-bit weights in reduced range (±63)"] * bool(self.reduce_range)
 
     @property
@@ -178,6 +192,8 @@ class QuantConfig:
             "rounding": self.rounding,
             "bias_correction": self.bias_correction,
             "reduce_range": self.reduce_range,
+            "gptq_inputs": self.gptq_inputs,
+            "gptq_stages": self.gptq_stages,
         }
 
     def to_json(self) -> str:

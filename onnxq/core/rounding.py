@@ -152,6 +152,35 @@ class _Grid:
         return (code - self.zero_point[:, column]) * self.scale[:, column]
 
 
+def float_target(
+    weight: np.ndarray, hessian: np.ndarray, difference: np.ndarray, damping: float = 0.01
+) -> np.ndarray:
+    """The weight ``W*`` whose output on the quantized network's inputs best matches the float
+    layer's output on the float network's: for ``weight [g, R, D]``, ``hessian`` ``H̃ =
+    E[x̃ x̃ᵀ]`` and ``difference`` ``E[x x̃ᵀ] − H̃`` (``[g, D, D]``, ``x`` the float input, ``x̃``
+    the quantized one),
+
+    ``E‖W x − Ŵ x̃‖² = tr((Ŵ − W*) H̃ (Ŵ − W*)ᵀ) + const``  with  ``W* = W + W Δ H̃⁻¹``,
+
+    so GPTQ of ``W*`` on ``H̃`` minimises the error against the float output. ``H̃`` is damped as
+    ``gptq_codes`` damps it; with ``x̃ = x`` the difference is zero and ``W* = W``.
+    """
+    damped = np.array(hessian, dtype=np.float64)
+    diagonal = np.diagonal(damped, axis1=1, axis2=2).copy()
+    diagonal[diagonal <= 0] = 1.0
+    index = np.arange(damped.shape[1])
+    for attempt in range(6):
+        damped[:, index, index] = diagonal + damping * 10**attempt * diagonal.mean(axis=1)[:, None]
+        try:
+            correction = np.linalg.solve(
+                damped, np.matmul(difference.transpose(0, 2, 1), weight.transpose(0, 2, 1))
+            )
+        except np.linalg.LinAlgError:
+            continue
+        return weight + correction.transpose(0, 2, 1)
+    raise np.linalg.LinAlgError("the layer's input second moment is not positive definite")
+
+
 def _column_order(hessian: np.ndarray, act_order: bool) -> np.ndarray:
     """Per group, the order in which columns are rounded: ``[g, D]``."""
     groups, depth = hessian.shape[:2]

@@ -53,7 +53,10 @@ RESULTS_FILE = "results.jsonl"
 #: started on this machine, or a new local instance).
 RAY_DEFAULT_ADDRESS = "default"
 #: ``QuantConfig`` fields used only after calibration: runs that differ only in these share one.
-_AFTER_CALIBRATION = ("weights", "decompose_scales", "scale_bits", "rounding", "bias_correction")
+_AFTER_CALIBRATION = (
+    "weights", "decompose_scales", "scale_bits", "rounding", "bias_correction", "gptq_inputs",
+    "gptq_stages",
+)
 
 
 def equivalent_wbit(model: ir.Model) -> float | None:

@@ -13,6 +13,14 @@ With bias correction the codes are fitted to the centred second moment ``E[x x�
 the bias takes care of the mean. Second moments are shrunk towards their diagonal where few
 samples back them (``rounding.shrink_to_diagonal``); a layer seen on too few samples to keep any
 off-diagonal gets no second moment at all and is rounded to nearest, as GPTQ would round it.
+
+Layer inputs come from the float network (``gptq_inputs`` ``float``: one calibration pass
+serves every layer), or stage by stage from the network whose earlier stages are already
+quantized (``quantized``): the layers are split into ``gptq_stages`` runs in graph order; each
+later stage gets one more pass, through the float network and the partly quantized one side
+by side (``observe_stage``), and its layers are fitted to the float layer's output
+(``rounding.float_target``) and bias-corrected against it. A stage's second moments are
+dropped once its codes are chosen.
 """
 
 from __future__ import annotations
@@ -29,10 +37,11 @@ from onnxq.base.errors import OnnxqError
 from onnxq.calibration import layer_inputs, streaming
 from onnxq.calibration.layer_inputs import InputStatistics, LayerInputs
 from onnxq.core.config import QuantConfig
-from onnxq.core.rounding import gptq_codes, shrink_to_diagonal
+from onnxq.core.rounding import float_target, gptq_codes, shrink_to_diagonal
 from onnxq.core.schemes import Granularity
 from onnxq.core.weight_quantization import CodeChooser, QuantizedWeight
 from onnxq.io.data import ImageSet
+from onnxq.io.preprocessing import Preprocessing
 
 
 @dataclasses.dataclass
@@ -40,10 +49,18 @@ class LayerRounding:
     """What the data-aware rounding of one plan needs: statistics and the float weights."""
 
     targets: list[WeightTarget]
-    inputs: LayerInputs  # filled by the calibration pass (``sinks``)
+    inputs: LayerInputs  # filled by the calibration pass (``sinks``), then by ``observe_stage``
     float_weights: dict[str, np.ndarray]  # by weight name, before quantization
     biased: set[str]  # nodes whose bias is corrected
     gptq: bool
+    stages: list[list[WeightTarget]] = dataclasses.field(default_factory=list)  # quantized inputs
+    float_model: ir.Model | None = None  # the float network, beside the partly quantized one
+    seed: int = 0
+
+    @property
+    def sequential(self) -> bool:
+        """Whether later layers see the inputs of a network with earlier layers quantized."""
+        return len(self.stages) > 1
 
     @property
     def statistics(self) -> dict[str, InputStatistics]:
@@ -54,27 +71,36 @@ class LayerRounding:
         """What the calibration pass feeds, by tensor name."""
         return self.inputs.sinks()
 
-    def code_choosers(self) -> dict[str, CodeChooser]:
-        """GPTQ code choosers by weight name (none when rounding to nearest, and none for a
-        layer whose second moment was not kept: its codes are round-to-nearest)."""
+    def code_choosers(self, targets: list[WeightTarget] | None = None) -> dict[str, CodeChooser]:
+        """GPTQ code choosers by weight name, for ``targets`` (default: all), none when
+        rounding to nearest and none for a layer whose second moment was not kept: its codes
+        are round-to-nearest."""
         if not self.gptq:
             return {}
         choosers: dict[str, CodeChooser] = {}
-        for target in self.targets:
+        for target in self.targets if targets is None else targets:
             if target.weight not in choosers and self.statistics[target.node].has_gram:
                 shape = self.float_weights[target.weight].shape
                 choosers[target.weight] = _GptqChooser(target, shape, self)
         return choosers
 
-    def bias_shifts(self, quantized: Mapping[str, QuantizedWeight]) -> dict[str, np.ndarray]:
-        """``ΔW E[x]`` per output channel, for every node whose bias is corrected."""
+    def bias_shifts(
+        self, quantized: Mapping[str, QuantizedWeight], targets: list[WeightTarget] | None = None
+    ) -> dict[str, np.ndarray]:
+        """The mean output shift ``Ŵ E[x̃] − W E[x]`` per output channel, for every node of
+        ``targets`` (default: all) whose bias is corrected (``ΔW E[x]`` where the layer saw
+        float inputs, ``x̃ = x``)."""
         shifts = {}
-        for target in self.targets:
+        for target in self.targets if targets is None else targets:
             if target.node in self.biased:
                 observed = self.statistics[target.node]
-                delta = quantized[target.weight].dequantize() - self.float_weights[target.weight]
-                rows = _rows(delta, target.out_axis, observed.geometry.groups)
-                shifts[target.node] = np.einsum("grd,gd->gr", rows, observed.mean()).reshape(-1)
+                groups = observed.geometry.groups
+                restored = _rows(quantized[target.weight].dequantize(), target.out_axis, groups)
+                original = _rows(self.float_weights[target.weight], target.out_axis, groups)
+                float_mean = observed.reference.mean() if observed.paired else observed.mean()
+                shift = np.einsum("grd,gd->gr", restored, observed.mean())
+                shift -= np.einsum("grd,gd->gr", original, float_mean)
+                shifts[target.node] = shift.reshape(-1)
         return shifts
 
     def hessian(self, target: WeightTarget) -> np.ndarray:
@@ -85,6 +111,60 @@ class LayerRounding:
             mean = observed.mean()
             hessian -= mean[:, :, None] * mean[:, None, :]
         return shrink_to_diagonal(hessian, observed.gram_count)
+
+    def fitted_rows(self, target: WeightTarget, rows: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+        """The ``[g, R, D]`` rows GPTQ rounds: the weight itself, or where the layer saw the
+        inputs of a partly quantized network, the weight that best reproduces the float
+        layer's output on them (``rounding.float_target``)."""
+        observed = self.statistics[target.node]
+        if not observed.paired:
+            return rows
+        difference = observed.cross_moment() - observed.hessian()
+        if target.node in self.biased:
+            mean = observed.mean()
+            difference -= (observed.reference.mean() - mean)[:, :, None] * mean[:, None, :]
+        difference = shrink_to_diagonal(difference, observed.gram_count)
+        return float_target(rows, hessian, difference)
+
+    def observe_stage(
+        self,
+        model: ir.Model,
+        stage: list[WeightTarget],
+        images: ImageSet,
+        preprocessing: Preprocessing,
+        batch_size: int,
+        ep: str,
+        description: str,
+    ) -> None:
+        """Statistics of ``stage``'s layers on the inputs of ``model`` (the network with the
+        earlier stages quantized; one pass over ``images``).
+
+        The stage's entry layers (``_stage_entries``) are paired with their float inputs: their
+        codes and biases make up for the earlier stages' error. A layer fed by another layer of
+        the stage is not: that error reaches it through a layer that makes up for it already
+        (pairing it too would correct the same mean shift twice, and cost 23 points of
+        agreement with fp32 on EfficientNet-Lite0 in 2 stages); it is fitted to its own quantized inputs, as GPTQ
+        fits every layer, and corrects the mean shift of its own rounding.
+        """
+        entries = _stage_entries(self.float_model, stage)
+        observed = layer_inputs.observe(
+            self.float_model, stage, len(images), self.seed, self.gptq, paired=entries
+        )
+        names = sorted(set(observed.tensors.values()))
+        pairs = streaming.stream_paired(
+            self.float_model, model, names, images, preprocessing, batch_size, ep, description
+        )
+        for reference, current in pairs:
+            for node, statistics in observed.statistics.items():
+                tensor = observed.tensors[node]
+                statistics.update(current[tensor], reference[tensor] if statistics.paired else None)
+        self.inputs.statistics.update(observed.statistics)
+        self.inputs.tensors.update(observed.tensors)
+
+    def release(self, stage: list[WeightTarget]) -> None:
+        """Drop the second moments of ``stage``'s layers (their codes are chosen)."""
+        for target in stage:
+            self.statistics[target.node].release_moments()
 
 
 class _GptqChooser:
@@ -102,6 +182,7 @@ class _GptqChooser:
         weight, step, offset = (
             self._layer_rows(array, groups, depth) for array in (view, scale, zero_point)
         )
+        weight = self.rounding.fitted_rows(self.target, weight, hessian)
         codes = gptq_codes(
             weight, hessian, step, offset, scheme.bits, scheme.signed, scheme.restricted
         )
@@ -148,8 +229,44 @@ def prepare(
         for t in plan.weights
     }
     gptq = config.rounding == "gptq"
-    observed = layer_inputs.observe(model, plan.weights, len(images), config.seed, gptq)
+    stages = _stages(plan.weights, config.gptq_stages) if config.gptq_inputs == "quantized" else []
+    first = stages[0] if stages else plan.weights
+    observed = layer_inputs.observe(model, first, len(images), config.seed, gptq)
     biased = {
         t.node for t in plan.weights if config.bias_correction and nodes[t.node].op_type in BIASED_OPS
     }
-    return LayerRounding(list(plan.weights), observed, floats, biased, gptq)
+    float_model = _copy(model) if len(stages) > 1 else None
+    return LayerRounding(
+        list(plan.weights), observed, floats, biased, gptq, stages, float_model, config.seed
+    )
+
+
+def _stages(targets: list[WeightTarget], count: int) -> list[list[WeightTarget]]:
+    """``targets`` (in graph order) cut into ``count`` runs of nearly equal length; the targets
+    of one weight stay together."""
+    layers = list(dict.fromkeys(target.weight for target in targets))
+    count = max(1, min(count, len(layers)))
+    stage_of = {weight: index * count // len(layers) for index, weight in enumerate(layers)}
+    stages: list[list[WeightTarget]] = [[] for _ in range(count)]
+    for target in targets:
+        stages[stage_of[target.weight]].append(target)
+    return stages
+
+
+def _stage_entries(model: ir.Model, stage: list[WeightTarget]) -> set[str]:
+    """The layers of ``stage`` whose inputs no layer of ``stage`` reaches, through any path."""
+    nodes = {node.name: node for node in model.graph}
+    names = {target.node for target in stage}
+    reached: set[str] = set()
+    frontier = [nodes[name] for name in names]
+    while frontier:
+        for value in frontier.pop().outputs:
+            for use in value.uses():
+                if use.node.name not in reached:
+                    reached.add(use.node.name)
+                    frontier.append(use.node)
+    return names - reached
+
+
+def _copy(model: ir.Model) -> ir.Model:
+    return ir.serde.deserialize_model(ir.serde.serialize_model(model))

@@ -105,11 +105,16 @@ def quantize(
     features = _calibrate(
         model, plan, rounding, sample, preprocessing, batch_size, ep, calibration_cache
     )
-    choosers = rounding.code_choosers() if rounding is not None else {}
-    weights = _quantize_weights(model, plan, config, choosers)
+    if rounding is not None and rounding.sequential:
+        weights = _quantize_in_stages(
+            model, plan, config, rounding, sample, preprocessing, batch_size, ep
+        )
+    else:
+        choosers = rounding.code_choosers() if rounding is not None else {}
+        weights = _quantize_weights(model, plan, config, choosers)
+        if rounding is not None and config.bias_correction:
+            CorrectBiasPass(rounding.bias_shifts(weights))(model)
     InsertFeatureQDQPass(plan.features, features)(model)
-    if rounding is not None and config.bias_correction:
-        CorrectBiasPass(rounding.bias_shifts(weights))(model)
     LayerShapedWeightsPass()(model)
     modelio.set_preprocessing(model, preprocessing)
     model.metadata_props[metadata.QUANTIZATION] = config.to_json()
@@ -166,6 +171,33 @@ def _quantize_weights(
         scales = DecomposeScalesPass(decomposed, floats, config.scale_bits, choosers)(model)
         for name, stored in scales.decomposed.items():
             weights[name] = stored.replace_in(weights[name])
+    return weights
+
+
+def _quantize_in_stages(
+    model: ir.Model,
+    plan: QuantPlan,
+    config: QuantConfig,
+    rounding: layer_rounding.LayerRounding,
+    images: ImageSet,
+    preprocessing: Preprocessing,
+    batch_size: int,
+    ep: str,
+) -> dict[str, QuantizedWeight]:
+    """``_quantize_weights`` stage by stage (``--gptq-inputs quantized``): each stage's layer
+    statistics come from the network whose earlier stages are quantized and bias-corrected."""
+    weights: dict[str, QuantizedWeight] = {}
+    count = len(rounding.stages)
+    for index, stage in enumerate(rounding.stages):
+        if index:
+            description = f"GPTQ stage {index + 1}/{count}"
+            rounding.observe_stage(model, stage, images, preprocessing, batch_size, ep, description)
+        stage_plan = dataclasses.replace(plan, weights=stage)
+        quantized = _quantize_weights(model, stage_plan, config, rounding.code_choosers(stage))
+        if config.bias_correction:
+            CorrectBiasPass(rounding.bias_shifts(quantized, stage))(model)
+        rounding.release(stage)
+        weights.update(quantized)
     return weights
 
 
