@@ -25,7 +25,7 @@ from onnxq.calibration.layer_inputs import (
 )
 from onnxq.core import quant_math
 from onnxq.core.config import QuantConfig
-from onnxq.core.rounding import gptq_codes, output_error
+from onnxq.core.rounding import float_target, gptq_codes, output_error
 from onnxq.core.schemes import Granularity, Scheme
 from onnxq.core.weight_quantization import quantize_weight
 from onnxq.io import data
@@ -500,3 +500,57 @@ def test_a_wide_indefinite_second_moment_is_restored_between_damping_attempts():
     fallback = gptq_codes(weight, hessian[None], scale, zero_point, 4, False, damping=0.01)
     direct = gptq_codes(weight, hessian[None], scale, zero_point, 4, False, damping=10.0)
     np.testing.assert_array_equal(fallback, direct)
+
+
+@pytest.mark.parametrize(
+    ("groups", "rows", "depth", "samples"),
+    [(1, 5, 200, 4000), (16, 1, 9, 500), (2, 4, 40, 25)],
+    ids=["dense", "depthwise", "singular"],
+)
+def test_gptq_on_torch_tensors_gives_numpys_codes(groups, rows, depth, samples):
+    """One implementation for both array libraries (GPTQ on the GPU runs it on CUDA tensors):
+    torch tensors in, torch tensors out, the same codes and float targets as NumPy's."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(depth)
+    hessian = _moments(rng, groups, depth, samples)
+    weight = rng.normal(size=(groups, rows, depth))
+    scale, zero_point = (np.ascontiguousarray(a) for a in _grid(weight))
+    expected = gptq_codes(weight, hessian, scale, zero_point, 4, False)
+    tensors = [torch.from_numpy(a) for a in (weight, hessian, scale, zero_point)]
+    codes = gptq_codes(*tensors, 4, False)
+    assert isinstance(codes, torch.Tensor) and codes.dtype == torch.int32
+    np.testing.assert_array_equal(codes.numpy(), expected)
+    difference = _moments(rng, groups, depth, samples) - hessian
+    target = float_target(*tensors[:2], torch.from_numpy(difference))
+    np.testing.assert_allclose(target.numpy(), float_target(weight, hessian, difference), rtol=1e-9)
+    indefinite = torch.tensor([[[1.0, 2.0], [2.0, 1.0]]], dtype=torch.float64)
+    small = weight[:1, :3, :2]
+    grid = [torch.from_numpy(np.ascontiguousarray(a)) for a in _grid(small)]
+    fallback = gptq_codes(torch.from_numpy(small), indefinite, *grid, 4, False)
+    np.testing.assert_array_equal(
+        fallback.numpy(), gptq_codes(small, indefinite.numpy(), *(g.numpy() for g in grid), 4, False)
+    )
+
+
+def test_quantize_with_gptq_on_a_torch_device_writes_numpys_model(tiny_path, sample_images, monkeypatch):
+    """The device path end to end (here torch's CPU device stands in for CUDA): statistics
+    summed and codes chosen in torch, the same codes as NumPy's."""
+    torch = pytest.importorskip("torch")
+    import onnxq.pipeline.layer_rounding as layer_rounding
+
+    calibration = sample_images.head(CALIBRATION)
+    scheme = Scheme.parse("per-channel-affine", bits=3)
+    expected = _quantize_tiny(tiny_path, calibration, scheme, "gptq", True)
+    monkeypatch.setattr(layer_rounding, "accelerator", lambda ep: "cpu")
+    seen = []
+    real = layer_rounding.gptq_codes
+
+    def spy(weight, *args, **kwargs):
+        seen.append(type(weight))
+        return real(weight, *args, **kwargs)
+
+    monkeypatch.setattr(layer_rounding, "gptq_codes", spy)
+    result = _quantize_tiny(tiny_path, calibration, scheme, "gptq", True)
+    assert seen and all(kind is torch.Tensor for kind in seen)
+    for name, weight in expected.weights.items():
+        np.testing.assert_array_equal(result.weights[name].codes, weight.codes)

@@ -1,5 +1,8 @@
 """GPTQ cost: round-to-nearest against GPTQ + bias correction, side by side.
 
+Three rows per model: round-to-nearest, GPTQ on the float network's layer inputs (the
+default), and GPTQ on the partly quantized network's (``--gptq-inputs quantized``, 4 stages).
+
 W4A8 per-channel-affine weights with the first and last layers at 8 bits, 128 calibration
 images, on EfficientNet-Lite0 (real weights) and ResNet18/ResNet50 (seeded random weights:
 time and memory only). Each quantization runs in a fresh process (wall time and peak resident
@@ -43,10 +46,16 @@ from onnxq.reporting import evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION = 128
-ROUNDINGS = (("nearest", False), ("gptq", True))
+#: (row name, rounding, bias correction, GPTQ inputs): round-to-nearest, GPTQ on the float
+#: network's inputs (the default), GPTQ on the partly quantized network's (4 stages).
+ROUNDINGS = (
+    ("nearest", "nearest", False, "float"),
+    ("gptq", "gptq", True, "float"),
+    ("gptq, quantized inputs", "gptq", True, "quantized"),
+)
 
 
-def config(method: str, bias_correction: bool) -> QuantConfig:
+def config(method: str, bias_correction: bool, inputs: str = "float") -> QuantConfig:
     return QuantConfig(
         weights=Scheme.parse("per-channel-affine", bits=4),
         features=Scheme.parse("per-tensor-affine", bits=8),
@@ -54,6 +63,7 @@ def config(method: str, bias_correction: bool) -> QuantConfig:
         keep_8bit=("first", "last"),
         rounding=method,
         bias_correction=bias_correction,
+        gptq_inputs=inputs,
     )
 
 
@@ -118,25 +128,30 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
         source = exported_model(args.workdir, name, random_weights=name != "efficientnet_lite0")
-        runs: dict[str, list[tuple[float, float]]] = {r: [] for r, _ in ROUNDINGS}
+        runs: dict[str, list[tuple[float, float]]] = {row: [] for row, *_ in ROUNDINGS}
         for _ in range(args.repeats):
-            for method, bias in ROUNDINGS:
-                output = args.workdir / f"{name}_{method}.onnx"
-                job = (str(source), str(output), config(method, bias).to_dict(), str(args.data))
+            for row, method, bias, inputs in ROUNDINGS:
+                output = args.workdir / f"{name}_{_file(row)}.onnx"
+                job = (str(source), str(output), config(method, bias, inputs).to_dict(), str(args.data))
                 _, seconds, peak = in_fresh_process(quantize_job, *job)
-                runs[method].append((seconds, peak))
+                runs[row].append((seconds, peak))
         medians = {r: tuple(statistics.median(v) for v in zip(*runs[r])) for r in runs}
         base_seconds, base_peak = medians["nearest"]
         floor = floor_seconds(source, CALIBRATION, rates)
-        for method, _ in ROUNDINGS:
-            seconds, peak = medians[method]
+        for row, method, *_ in ROUNDINGS:
+            seconds, peak = medians[row]
             agreement = extra = ""
             if name == "efficientnet_lite0":
-                agreement = f"{_agreement(source, args.workdir / f'{name}_{method}.onnx', evaluation):.1f} %"
+                output = args.workdir / f"{name}_{_file(row)}.onnx"
+                agreement = f"{_agreement(source, output, evaluation):.1f} %"
             if method == "gptq":
                 extra = f"{seconds - base_seconds:.1f} ({floor:.1f})"
-            print(f"| {name} | {method} | {seconds:.1f} | {peak:.0f} | {seconds / base_seconds:.2f}× "
+            print(f"| {name} | {row} | {seconds:.1f} | {peak:.0f} | {seconds / base_seconds:.2f}× "
                   f"| {peak / base_peak:.2f}× | {extra} | {agreement} |", flush=True)
+
+
+def _file(row: str) -> str:
+    return row.replace(", ", "_").replace(" ", "_")
 
 
 def _agreement(source: Path, quantized: Path, images: data.ImageSet) -> float:

@@ -216,17 +216,28 @@ def patch_sums(x: np.ndarray, geometry: LayerGeometry) -> np.ndarray:
     return sums.reshape(geometry.groups, -1)
 
 
-def batched_gram(columns: np.ndarray, other: np.ndarray | None = None) -> np.ndarray:
+def batched_gram(
+    columns: np.ndarray, other: np.ndarray | None = None, device: str | None = None
+):
     """``B Aᵀ`` for each group's ``A`` in ``columns [g, D, p]`` and ``B`` in ``other`` (default
-    ``A``), float32.
+    ``A``), float32; a torch tensor on ``device`` where one is named (a GPU).
 
-    One group: NumPy's matrix product (one BLAS call). Many groups of a few inputs each (a
-    depthwise layer's 9 or 25 taps per channel): ONNX Runtime's batched MatMul, 4× NumPy's
-    one-BLAS-call-per-group loop on EfficientNet-Lite0's 5×5 depthwise layers.
+    One group: NumPy's 2-D matrix product (one BLAS call, a symmetric rank-k update for
+    ``A Aᵀ``: half the multiply-adds). Many groups of a few inputs each (a depthwise layer's 9 or
+    25 taps per channel): ONNX Runtime's batched MatMul, 4× NumPy's one-BLAS-call-per-group
+    loop on EfficientNet-Lite0's 5×5 depthwise layers.
     """
-    other = columns if other is None else other
+    if device is not None:
+        import torch
+
+        right = torch.from_numpy(columns).to(device)
+        left = right if other is None else torch.from_numpy(other).to(device)
+        return torch.matmul(left, right.transpose(1, 2))
     if columns.shape[0] == 1:
-        return np.matmul(other, columns.transpose(0, 2, 1))
+        right = columns[0]
+        left = right if other is None else other[0]
+        return np.dot(left, right.T)[None]
+    other = columns if other is None else other
     feeds = {"left": np.ascontiguousarray(other), "right": np.ascontiguousarray(columns)}
     return _product_session().run(None, feeds)[0]
 
@@ -272,6 +283,8 @@ class InputStatistics:
     input in the float network, while ``x`` is its input in a partly quantized one); then
     ``Σ r xᵀ`` over the same patch columns and the reference's ``Σ r`` are kept as well
     (``cross_moment``, ``reference.mean``).
+
+    ``device`` names a torch device (a GPU) on which the products are summed.
     """
 
     def __init__(
@@ -282,8 +295,10 @@ class InputStatistics:
         images: int | None = None,
         min_gram_samples: int | None = 0,
         paired: bool = False,
+        device: str | None = None,
     ) -> None:
         self.geometry = geometry
+        self.device = device  # where the moments are summed (torch); None: NumPy
         self.positions_per_image = positions_per_image
         self.rng = np.random.default_rng(seed)
         self.images = images
@@ -397,7 +412,7 @@ class InputStatistics:
             return
         columns = _joined(self._pending)
         if self._pending_reference:
-            cross = batched_gram(columns, _joined(self._pending_reference))
+            cross = batched_gram(columns, _joined(self._pending_reference), self.device)
             if self.cross is None:
                 self.cross = cross
             else:
@@ -407,7 +422,7 @@ class InputStatistics:
         # each update already sums at least ``D`` columns in float32, a few hundred updates add
         # a relative error near 1e-5, far below GPTQ's 1 % damping, and every layer's ``D × D``
         # sum is alive until the pass ends, so float64 would double the peak memory.
-        gram = batched_gram(columns)
+        gram = batched_gram(columns, device=self.device)
         if self.gram is None:
             self.gram = gram
         else:
@@ -426,14 +441,14 @@ class InputStatistics:
             raise ValueError("this layer's input second moment was not kept (has_gram is False)")
         if self.gram is None:
             raise ValueError("no layer input was observed")
-        return self.gram.astype(np.float64) / self._gram_columns
+        return _float64(self.gram) / self._gram_columns
 
     def cross_moment(self) -> np.ndarray:
         """``E[r xᵀ]`` per group over the same columns as ``hessian``, ``[g, D, D]`` float64."""
         self._flush()
         if self.cross is None:
             raise ValueError("no paired input was observed")
-        return self.cross.astype(np.float64) / self._gram_columns
+        return _float64(self.cross) / self._gram_columns
 
     def release_moments(self) -> None:
         """Drop ``Σ x xᵀ`` and ``Σ r xᵀ`` (once the layer's codes are chosen); the sums stay."""
@@ -446,6 +461,13 @@ class InputStatistics:
         if self._total is None:
             raise ValueError("no layer input was observed")
         return self._total / self.count
+
+
+def _float64(array) -> np.ndarray:
+    """A float32 sum (NumPy, or torch on any device) as a float64 NumPy array."""
+    if isinstance(array, np.ndarray):
+        return array.astype(np.float64)
+    return array.double().cpu().numpy()
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
@@ -478,6 +500,7 @@ def observe(
     seed: int = 0,
     second_moments: bool = True,
     paired: Collection[str] = (),
+    device: str | None = None,
 ) -> LayerInputs:
     """Empty statistics of every target layer's input, for ``images`` images to come.
 
@@ -485,7 +508,7 @@ def observe(
     where rounding would use it: on too few samples it is shrunk all the way to its diagonal
     (``rounding.min_correlated_samples``), and GPTQ on a diagonal is round-to-nearest.
     ``paired``: the nodes whose statistics take a reference input with every batch
-    (``InputStatistics``).
+    (``InputStatistics``); ``device``: the torch device that sums the moments (None: NumPy).
     """
     nodes = {node.name: node for node in model.graph}
     statistics: dict[str, InputStatistics] = {}
@@ -501,6 +524,7 @@ def observe(
             images,
             rounding.min_correlated_samples(depth) if second_moments else None,
             target.node in paired,
+            device,
         )
         tensors[target.node] = node.inputs[0].name
     return LayerInputs(statistics, tensors)

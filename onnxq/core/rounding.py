@@ -9,10 +9,17 @@ weight) is given and never changes, so the result is stored exactly like a round
 
 Arrays are laid out ``[g, R, D]``: ``g`` Conv groups (1 for dense layers, one per channel for
 depthwise ones), ``R`` output channels per group, ``D`` inputs per output (``(C/g)·kh·kw``).
+
+``gptq_codes`` and ``float_target`` take NumPy arrays or torch tensors (on a GPU, say) and
+return the same kind: one implementation, written against the array API through
+``array-api-compat`` (plus the integer-array indexing both libraries share). NumPy arrays keep
+one NumPy-only step, the in-place LAPACK factorization of wide layers, which holds one ``D × D``
+array per layer instead of several.
 """
 
 from __future__ import annotations
 
+import array_api_compat
 import numpy as np
 import scipy.linalg
 
@@ -23,8 +30,11 @@ from onnxq.core import quant_math
 _LAZY_BLOCK = 128
 _EAGER_BLOCK = 16
 
-#: Below this many inputs, factors are inverted in one batched NumPy call.
+#: Below this many inputs, NumPy factors are inverted in one batched call.
 _BATCHED_INVERSE_DEPTH = 64
+
+#: What a failed factorization raises: NumPy's error, or torch's (a RuntimeError).
+_FACTORIZATION_ERRORS = (np.linalg.LinAlgError, RuntimeError)
 
 
 def output_error(delta: np.ndarray, hessian: np.ndarray) -> np.ndarray:
@@ -88,22 +98,25 @@ def gptq_codes(
     columns with the largest input energy first. Each code is rounded as ONNX QuantizeLinear
     rounds (float32, half to even), so without error to pass on this is round-to-nearest.
     """
-    order = _column_order(hessian, act_order)
-    backwards = order[:, ::-1]  # J P H Pᵀ J: in rounding order, reversed (one new array)
-    group = np.arange(len(order))[:, None, None]
-    reversed_hessian = np.asarray(hessian, dtype=np.float64)[
+    xp = array_api_compat.array_namespace(weight, hessian, scale, zero_point)
+    order = _column_order(hessian, act_order, xp)
+    backwards = xp.flip(order, axis=1)  # J P H Pᵀ J: in rounding order, reversed (one new array)
+    group = xp.arange(order.shape[0], device=array_api_compat.device(order))[:, None, None]
+    reversed_hessian = xp.astype(hessian, xp.float64, copy=False)[
         group, backwards[:, :, None], backwards[:, None, :]
     ]
     upper = _inverse_cholesky(reversed_hessian, damping)
     # Columns first (``[g, D, R]``), in rounding order: each column a contiguous row.
     work, scale, zero_point = (
-        _take_columns(np.asarray(a, dtype=np.float64), order).transpose(0, 2, 1).copy()
+        xp.take_along_axis(
+            xp.permute_dims(xp.astype(a, xp.float64, copy=False), (0, 2, 1)), order[:, :, None], axis=1
+        )
         for a in (weight, scale, zero_point)
     )
-    grid = _Grid(scale, zero_point, bits, signed, restricted)
-    codes = np.empty(work.shape, dtype=np.int32)
-    inverse_diagonal = 1.0 / np.diagonal(upper, axis1=1, axis2=2)  # [g, D]
-    errors = np.empty_like(work)  # each column's error over its pivot, [g, D, R]
+    grid = _Grid(scale, zero_point, bits, signed, restricted, xp)
+    codes = xp.empty(work.shape, dtype=xp.int32, device=array_api_compat.device(work))
+    inverse_diagonal = 1.0 / xp.linalg.diagonal(upper)  # [g, D]
+    errors = xp.empty_like(work)  # each column's error over its pivot, [g, D, R]
     columns = work.shape[1]
     for start in range(0, columns, _LAZY_BLOCK):
         stop = min(start + _LAZY_BLOCK, columns)
@@ -117,37 +130,36 @@ def gptq_codes(
                 errors[:, column] = error
                 following = upper[:, column, column + 1 : inner_stop]  # [g, rest]
                 work[:, column + 1 : inner_stop] -= following[:, :, None] * error[:, None, :]
-            _update(work, errors, upper, inner, inner_stop, stop)
-        _update(work, errors, upper, start, stop, columns)
-    return _take_columns(codes.transpose(0, 2, 1), np.argsort(order, axis=1))
+            _update(work, errors, upper, inner, inner_stop, stop, xp)
+        _update(work, errors, upper, start, stop, columns, xp)
+    return _take_columns(xp.permute_dims(codes, (0, 2, 1)), xp.argsort(order, axis=1), xp)
 
 
-def _update(work: np.ndarray, errors: np.ndarray, upper: np.ndarray, start: int, stop: int,
-            end: int) -> None:
+def _update(work, errors, upper, start: int, stop: int, end: int, xp) -> None:
     """GPTQ's lazy update: columns ``[stop, end)`` take the errors of columns ``[start, stop)``."""
     if stop < end:
-        block = upper[:, start:stop, stop:end].transpose(0, 2, 1)  # [g, end − stop, stop − start]
-        work[:, stop:end] -= np.matmul(block, errors[:, start:stop])
+        block = xp.permute_dims(upper[:, start:stop, stop:end], (0, 2, 1))  # [g, end−stop, stop−start]
+        work[:, stop:end] -= xp.matmul(block, errors[:, start:stop])
 
 
 class _Grid:
     """Per-weight scale and zero point (``[g, D, R]``), rounding one column as ONNX
     QuantizeLinear does (float32, half to even, clamped), with the float32 copies made once."""
 
-    def __init__(self, scale: np.ndarray, zero_point: np.ndarray, bits: int, signed: bool,
-                 restricted: bool) -> None:
+    def __init__(self, scale, zero_point, bits: int, signed: bool, restricted: bool, xp) -> None:
+        self.xp = xp
         self.scale, self.zero_point = scale, zero_point
-        self.scale32 = scale.astype(np.float32)
-        self.zero_point32 = zero_point.astype(np.float32)
+        self.scale32 = xp.astype(scale, xp.float32)
+        self.zero_point32 = xp.astype(zero_point, xp.float32)
         self.low, self.high = quant_math.integer_range(bits, signed, restricted)
 
-    def round(self, values: np.ndarray, column: int) -> np.ndarray:
+    def round(self, values, column: int):
         """The codes of one column's values (float32 integers)."""
-        code = np.round(values.astype(np.float32) / self.scale32[:, column])
-        code += self.zero_point32[:, column]
-        return np.clip(code, self.low, self.high, out=code)
+        xp = self.xp
+        code = xp.round(xp.astype(values, xp.float32) / self.scale32[:, column])
+        return xp.clip(code + self.zero_point32[:, column], self.low, self.high)
 
-    def dequantize(self, code: np.ndarray, column: int) -> np.ndarray:
+    def dequantize(self, code, column: int):
         """What those codes restore, in float64."""
         return (code - self.zero_point[:, column]) * self.scale[:, column]
 
@@ -165,36 +177,37 @@ def float_target(
     so GPTQ of ``W*`` on ``H̃`` minimises the error against the float output. ``H̃`` is damped as
     ``gptq_codes`` damps it; with ``x̃ = x`` the difference is zero and ``W* = W``.
     """
-    damped = np.array(hessian, dtype=np.float64)
-    diagonal = np.diagonal(damped, axis1=1, axis2=2).copy()
-    diagonal[diagonal <= 0] = 1.0
-    index = np.arange(damped.shape[1])
+    xp = array_api_compat.array_namespace(weight, hessian, difference)
+    damped = xp.asarray(hessian, dtype=xp.float64, copy=True)
+    diagonal = xp.linalg.diagonal(damped)
+    diagonal = xp.where(diagonal <= 0, xp.ones_like(diagonal), diagonal)
+    mean = xp.mean(diagonal, axis=1)[:, None]
+    index = xp.arange(damped.shape[1], device=array_api_compat.device(damped))
+    wanted = xp.matmul(xp.permute_dims(difference, (0, 2, 1)), xp.permute_dims(weight, (0, 2, 1)))
     for attempt in range(6):
-        damped[:, index, index] = diagonal + damping * 10**attempt * diagonal.mean(axis=1)[:, None]
+        damped[:, index, index] = diagonal + damping * 10**attempt * mean
         try:
-            correction = np.linalg.solve(
-                damped, np.matmul(difference.transpose(0, 2, 1), weight.transpose(0, 2, 1))
-            )
-        except np.linalg.LinAlgError:
+            correction = xp.linalg.solve(damped, wanted)
+        except _FACTORIZATION_ERRORS:
             continue
-        return weight + correction.transpose(0, 2, 1)
+        return weight + xp.permute_dims(correction, (0, 2, 1))
     raise np.linalg.LinAlgError("the layer's input second moment is not positive definite")
 
 
-def _column_order(hessian: np.ndarray, act_order: bool) -> np.ndarray:
+def _column_order(hessian, act_order: bool, xp):
     """Per group, the order in which columns are rounded: ``[g, D]``."""
     groups, depth = hessian.shape[:2]
     if not act_order:
-        return np.broadcast_to(np.arange(depth), (groups, depth)).copy()
-    diagonal = np.diagonal(hessian, axis1=1, axis2=2)
-    return np.argsort(-diagonal, axis=1, kind="stable")
+        columns = xp.arange(depth, device=array_api_compat.device(hessian))
+        return xp.asarray(xp.broadcast_to(columns, (groups, depth)), copy=True)
+    return xp.argsort(-xp.linalg.diagonal(hessian), axis=1, stable=True)
 
 
-def _take_columns(array: np.ndarray, order: np.ndarray) -> np.ndarray:
-    return np.take_along_axis(array, order[:, None, :], axis=2)
+def _take_columns(array, order, xp):
+    return xp.take_along_axis(array, order[:, None, :], axis=2)
 
 
-def _inverse_cholesky(reversed_hessian: np.ndarray, damping: float) -> np.ndarray:
+def _inverse_cholesky(reversed_hessian, damping: float):
     """Upper Cholesky factor ``U`` of the damped ``H⁻¹`` (``H⁻¹ = Uᵀ U``), per group, from the
     reversed second moment ``J H J`` (float64, overwritten).
 
@@ -204,36 +217,40 @@ def _inverse_cholesky(reversed_hessian: np.ndarray, damping: float) -> np.ndarra
     Damping grows tenfold until the damped matrix is positive definite. Only ``U``'s upper
     triangle is meaningful (GPTQ reads nothing else).
     """
-    diagonal = np.diagonal(reversed_hessian, axis1=1, axis2=2)  # a view
-    groups, depth = np.nonzero(diagonal <= 0)
-    reversed_hessian[groups, depth, depth] = 1.0
-    undamped = diagonal.copy()
-    mean = undamped.mean(axis=1)[:, None]
-    index = np.arange(reversed_hessian.shape[1])
-    factorize = _factorize_batched if len(index) < _BATCHED_INVERSE_DEPTH else _factorize_in_place
+    xp = array_api_compat.array_namespace(reversed_hessian)
+    undamped = xp.linalg.diagonal(reversed_hessian)
+    undamped = xp.where(undamped <= 0, xp.ones_like(undamped), undamped)  # a new array
+    mean = xp.mean(undamped, axis=1)[:, None]
+    depth = reversed_hessian.shape[1]
+    index = xp.arange(depth, device=array_api_compat.device(reversed_hessian))
+    in_place = array_api_compat.is_numpy_array(reversed_hessian) and depth >= _BATCHED_INVERSE_DEPTH
+    factorize = _factorize_in_place if in_place else _factorize_batched
     for attempt in range(6):
         added = (damping * 10**attempt) * mean  # [g, 1]
         reversed_hessian[:, index, index] = undamped + added
         inverse = factorize(reversed_hessian, added)
         if inverse is not None:
-            return inverse[:, ::-1, ::-1]
+            return xp.flip(inverse, axis=(1, 2))
     raise np.linalg.LinAlgError("the layer's input second moment is not positive definite")
 
 
-def _positive_pivots(lower: np.ndarray, added: np.ndarray) -> bool:
+def _positive_pivots(lower, added) -> bool:
     """Every pivot of a positive semidefinite H plus δI is at least δ; a smaller one means H is
     indefinite and only rounding let the factorization through."""
-    return not np.any(np.diagonal(lower, axis1=-2, axis2=-1) ** 2 < 0.5 * added)
+    xp = array_api_compat.array_namespace(lower)
+    return not bool(xp.any(xp.linalg.diagonal(lower) ** 2 < 0.5 * added))
 
 
-def _factorize_batched(matrix: np.ndarray, added: np.ndarray) -> np.ndarray | None:
-    """``L⁻¹`` of narrow matrices (the 9–25 inputs of a depthwise channel, hundreds of groups)
-    in batched NumPy calls; None if one is not positive definite."""
+def _factorize_batched(matrix, added):
+    """``L⁻¹`` of every group's matrix in batched calls (NumPy: narrow matrices, the 9–25 inputs
+    of a depthwise channel, hundreds of groups; torch: every layer); None if one is not
+    positive definite."""
+    xp = array_api_compat.array_namespace(matrix)
     try:
-        lower = np.linalg.cholesky(matrix)
-    except np.linalg.LinAlgError:
+        lower = xp.linalg.cholesky(matrix)
+    except _FACTORIZATION_ERRORS:
         return None
-    return np.linalg.inv(lower) if _positive_pivots(lower, added) else None
+    return xp.linalg.inv(lower) if _positive_pivots(lower, added) else None
 
 
 def _factorize_in_place(matrix: np.ndarray, added: np.ndarray) -> np.ndarray | None:

@@ -87,9 +87,9 @@ def create_session(
     ``config`` holds session configuration entries, e.g. ``FOLD_WEIGHTS_AT_LOAD``.
     ``memory_pattern=False`` turns off ONNX Runtime's memory pattern planning, which otherwise
     lets peak memory grow over a long stream of runs that return many intermediate tensors.
-    ``spinning=False`` makes ONNX Runtime's threads sleep between runs instead of spinning
-    (which it does by default for a while after each run): where Python works on a run's
-    outputs before the next run, spinning threads take the cores that work needs.
+    ``spinning=False`` makes ONNX Runtime's idle threads sleep instead of spin-waiting for
+    work (which they do by default, within a run and for a while after it): where Python works
+    on a run's outputs before the next run, spinning threads take the cores that work needs.
     """
     if isinstance(model, ir.Model):
         model = ir.serde.serialize_model(model).SerializeToString()

@@ -101,7 +101,7 @@ def quantize(
         raise OnnxqError("nothing to quantize: no Conv, Gemm or MatMul with constant weights")
     if plan.features and sample is None:
         raise OnnxqError("quantizing features needs calibration images (--calib DIR)")
-    rounding = layer_rounding.prepare(model, plan, config, sample)
+    rounding = layer_rounding.prepare(model, plan, config, sample, ep)
     features = _calibrate(
         model, plan, rounding, sample, preprocessing, batch_size, ep, calibration_cache
     )
