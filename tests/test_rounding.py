@@ -554,3 +554,12 @@ def test_quantize_with_gptq_on_a_torch_device_writes_numpys_model(tiny_path, sam
     assert seen and all(kind is torch.Tensor for kind in seen)
     for name, weight in expected.weights.items():
         np.testing.assert_array_equal(result.weights[name].codes, weight.codes)
+
+
+def test_gptq_stays_in_numpy_without_a_gpu_or_with_ep_cpu(monkeypatch):
+    import onnxq.pipeline.layer_rounding as layer_rounding
+
+    assert layer_rounding.accelerator("cpu") is None
+    monkeypatch.setattr(layer_rounding.glob, "glob", lambda pattern: [])
+    monkeypatch.setattr(layer_rounding.runtime, "providers", lambda ep: ["CPUExecutionProvider"])
+    assert layer_rounding.accelerator("auto") is None

@@ -1,7 +1,9 @@
 """GPTQ cost: round-to-nearest against GPTQ + bias correction, side by side.
 
 Three rows per model: round-to-nearest, GPTQ on the float network's layer inputs (the
-default), and GPTQ on the partly quantized network's (``--gptq-inputs quantized``, 4 stages).
+default), and GPTQ on the partly quantized network's (``--gptq-inputs quantized``, 4 stages),
+all on the CPU; ``--gpu`` adds GPTQ with its linear algebra on the GPU (torch with CUDA; the
+check of a GPU machine: ``python tools/bench_gptq.py --repeats 1 --gpu``).
 
 W4A8 per-channel-affine weights with the first and last layers at 8 bits, 128 calibration
 images, on EfficientNet-Lite0 (real weights) and ResNet18/ResNet50 (seeded random weights:
@@ -46,13 +48,17 @@ from onnxq.reporting import evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION = 128
-#: (row name, rounding, bias correction, GPTQ inputs): round-to-nearest, GPTQ on the float
-#: network's inputs (the default), GPTQ on the partly quantized network's (4 stages).
+#: (row name, rounding, bias correction, GPTQ inputs, execution provider): round-to-nearest,
+#: GPTQ on the float network's inputs (the default), GPTQ on the partly quantized network's
+#: (4 stages), all on the CPU.
 ROUNDINGS = (
-    ("nearest", "nearest", False, "float"),
-    ("gptq", "gptq", True, "float"),
-    ("gptq, quantized inputs", "gptq", True, "quantized"),
+    ("nearest", "nearest", False, "float", "cpu"),
+    ("gptq", "gptq", True, "float", "cpu"),
+    ("gptq, quantized inputs", "gptq", True, "quantized", "cpu"),
 )
+#: With ``--gpu``: GPTQ's linear algebra on the GPU (torch), the calibration on whatever
+#: ``--ep auto`` finds.
+GPU_ROW = ("gptq on the GPU", "gptq", True, "float", "auto")
 
 
 def config(method: str, bias_correction: bool, inputs: str = "float") -> QuantConfig:
@@ -104,9 +110,10 @@ def floor_seconds(source: Path, images: int, rates: dict[type, float]) -> float:
     return gram / rates[np.float32] + float64 / rates[np.float64]
 
 
-def quantize_job(source: str, destination: str, config_dict: dict, images: str) -> None:
+def quantize_job(source: str, destination: str, config_dict: dict, images: str, ep: str) -> None:
     progress.set_quiet(True)
-    quantize_file(source, destination, QuantConfig.from_dict(config_dict), data.find_images(images))
+    config = QuantConfig.from_dict(config_dict)
+    quantize_file(source, destination, config, data.find_images(images), ep=ep)
 
 
 def main() -> None:
@@ -116,7 +123,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--models", nargs="*",
                         default=["efficientnet_lite0", "resnet18", "resnet50"])
+    parser.add_argument("--gpu", action="store_true",
+                        help="add a row with GPTQ on the GPU (needs torch with CUDA)")
     args = parser.parse_args()
+    rows = ROUNDINGS + (GPU_ROW,) * args.gpu
     progress.set_quiet(True)
     images = data.find_images(args.data)
     evaluation = images.split(CALIBRATION, seed=0)[1]
@@ -128,17 +138,18 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
         source = exported_model(args.workdir, name, random_weights=name != "efficientnet_lite0")
-        runs: dict[str, list[tuple[float, float]]] = {row: [] for row, *_ in ROUNDINGS}
+        runs: dict[str, list[tuple[float, float]]] = {row: [] for row, *_ in rows}
         for _ in range(args.repeats):
-            for row, method, bias, inputs in ROUNDINGS:
+            for row, method, bias, inputs, ep in rows:
                 output = args.workdir / f"{name}_{_file(row)}.onnx"
-                job = (str(source), str(output), config(method, bias, inputs).to_dict(), str(args.data))
+                settings = config(method, bias, inputs).to_dict()
+                job = (str(source), str(output), settings, str(args.data), ep)
                 _, seconds, peak = in_fresh_process(quantize_job, *job)
                 runs[row].append((seconds, peak))
         medians = {r: tuple(statistics.median(v) for v in zip(*runs[r])) for r in runs}
         base_seconds, base_peak = medians["nearest"]
         floor = floor_seconds(source, CALIBRATION, rates)
-        for row, method, *_ in ROUNDINGS:
+        for row, method, *_ in rows:
             seconds, peak = medians[row]
             agreement = extra = ""
             if name == "efficientnet_lite0":

@@ -26,6 +26,7 @@ dropped once its codes are chosen.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import logging
 from collections.abc import Mapping
 
@@ -224,8 +225,8 @@ def prepare(
     ep: str = "auto",
 ) -> LayerRounding | None:
     """Empty statistics of the layer inputs that ``config``'s rounding needs, for ``images``
-    (None: round to nearest); feed them ``sinks()`` over the same images. Where ``ep`` runs
-    the calibration on CUDA and torch sees the GPU, GPTQ's linear algebra runs there too."""
+    (None: round to nearest); feed them ``sinks()`` over the same images. GPTQ's linear algebra
+    runs on the GPU where ``accelerator(ep)`` finds one."""
     if config.rounding == "nearest" and not config.bias_correction:
         return None
     if images is None:
@@ -252,14 +253,21 @@ def prepare(
 
 
 def accelerator(ep: str) -> str | None:
-    """``"cuda"`` where ``ep`` runs on ONNX Runtime's CUDA provider and torch (an optional
-    dependency) can use the GPU; None otherwise: GPTQ runs in NumPy."""
-    if runtime.providers(ep)[0] != runtime.CUDA:
+    """``"cuda"`` where GPTQ's linear algebra runs on an NVIDIA GPU: ``ep`` is not ``cpu``, this
+    machine has one (ONNX Runtime's CUDA provider runs the calibration, or the driver's
+    devices are there) and torch, an optional dependency, can use it; None otherwise: NumPy.
+
+    The calibration may run on ONNX Runtime's CPU provider meanwhile (onnxruntime without
+    CUDA beside a CUDA build of torch): the moments are summed on the GPU all the same.
+    """
+    if ep == "cpu":
         return None
+    if runtime.providers(ep)[0] != runtime.CUDA and not glob.glob("/dev/nvidia[0-9]*"):
+        return None  # no GPU: not even torch is imported
     try:
         import torch
     except ImportError:
-        logger.info("CUDA calibration without torch: GPTQ runs on the CPU")
+        logger.info("a GPU but no torch: GPTQ runs on the CPU")
         return None
     return "cuda" if torch.cuda.is_available() else None
 
