@@ -70,7 +70,8 @@ def test_float_target_is_the_least_squares_weight_on_quantized_inputs():
     cross = np.matmul(inputs, quantized.transpose(0, 2, 1)) / 2000
     target = float_target(weight, hessian, cross - hessian, damping=0.0)
     for group in range(3):  # W* = argmin ‖W X − W' X̃‖²
-        solution = np.linalg.lstsq(quantized[group].T, (weight[group] @ inputs[group]).T, rcond=None)[0]
+        wanted = (weight[group] @ inputs[group]).T
+        solution = np.linalg.lstsq(quantized[group].T, wanted, rcond=None)[0]
         np.testing.assert_allclose(target[group], solution.T, rtol=1e-8, atol=1e-8)
     # Equal inputs: nothing to make up for.
     np.testing.assert_array_equal(float_target(weight, hessian, np.zeros_like(hessian)), weight)
@@ -114,8 +115,10 @@ def test_one_stage_is_gptq_on_float_inputs(tiny_path, sample_images):
     one_stage = _quantize(tiny_path, images, _config(gptq_inputs="quantized", gptq_stages=1))
     for name, weight in float_inputs.weights.items():
         np.testing.assert_array_equal(one_stage.weights[name].codes, weight.codes)
-    biases = [{n.name: n.inputs[2].const_value.numpy() for n in r.model.graph if n.op_type == "Conv"}
-              for r in (float_inputs, one_stage)]
+    biases = [
+        {n.name: n.inputs[2].const_value.numpy() for n in r.model.graph if n.op_type == "Conv"}
+        for r in (float_inputs, one_stage)
+    ]
     for name, bias in biases[0].items():
         np.testing.assert_array_equal(biases[1][name], bias)
 
@@ -153,7 +156,8 @@ def test_quantized_inputs_write_a_model_that_stays_close_to_float(tiny_path, sam
 
     def error(config: QuantConfig) -> float:
         model = _quantize(tiny_path, images, config).model
-        return float(((_run(model, ["logits"], {"input": unseen})["logits"] - float_outputs) ** 2).mean())
+        logits = _run(model, ["logits"], {"input": unseen})["logits"]
+        return float(((logits - float_outputs) ** 2).mean())
 
     nearest = error(dataclasses.replace(_config(), rounding="nearest", bias_correction=False))
     sequential = error(_config(gptq_inputs="quantized", gptq_stages=stages))
@@ -165,7 +169,8 @@ def test_gptq_inputs_are_checked_and_recorded(tiny_path, sample_images, tmp_path
         _config(gptq_inputs="fake")
     with pytest.raises(OnnxqError, match="--gptq-stages must be at least 1"):
         _config(gptq_stages=0)
-    assert QuantConfig.from_dict(_config(gptq_inputs="quantized").to_dict()).gptq_inputs == "quantized"
+    saved = _config(gptq_inputs="quantized").to_dict()
+    assert QuantConfig.from_dict(saved).gptq_inputs == "quantized"
     legacy = _config().to_dict()
     del legacy["gptq_inputs"], legacy["gptq_stages"]
     assert QuantConfig.from_dict(legacy).gptq_inputs == "float"  # written before the option
@@ -181,6 +186,6 @@ def test_gptq_inputs_are_checked_and_recorded(tiny_path, sample_images, tmp_path
     )
     assert (recorded.gptq_inputs, recorded.gptq_stages) == ("quantized", 3)
     assert_user_error(
-        onnxq("quantize", str(tiny_path), "--gptq-inputs", "sideways", "-o", str(tmp_path / "x.onnx")),
+        onnxq("quantize", tiny_path, "--gptq-inputs", "sideways", "-o", tmp_path / "x.onnx"),
         "unknown --gptq-inputs 'sideways'",
     )

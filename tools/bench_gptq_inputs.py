@@ -72,16 +72,19 @@ def main() -> None:
             agree[inputs, stages].append(same)
     baseline = np.concatenate(agree["float", 1])
     print(f"{args.splits} splits, {len(baseline)} evaluation images in all\n")
-    print("| GPTQ inputs | stages | top-1 agreement with fp32 | − float inputs (± SE) | quantize s |")
+    print("| GPTQ inputs | stages | top-1 agreement with fp32 | − float inputs (± SE) "
+          "| quantize s |")
     print("|---|---|---|---|---|")
     for variant in variants:
+        inputs, stages = variant
         pooled = np.concatenate(agree[variant])
         difference = pooled.astype(float) - baseline
         error = difference.std(ddof=1) / np.sqrt(len(difference))
-        delta = "" if variant == ("float", 1) else f"{100 * difference.mean():+.2f} ± {100 * error:.2f}"
-        print(f"| {variant[0]} | {variant[1] if variant[0] == 'quantized' else ''} "
-              f"| {100 * pooled.mean():.2f} % | {delta} | {statistics.median(seconds[variant]):.1f} |",
-              flush=True)
+        delta = f"{100 * difference.mean():+.2f} ± {100 * error:.2f}" if inputs != "float" else ""
+        shown = stages if inputs == "quantized" else ""
+        agreement = f"{100 * pooled.mean():.2f} %"
+        median = statistics.median(seconds[variant])
+        print(f"| {inputs} | {shown} | {agreement} | {delta} | {median:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

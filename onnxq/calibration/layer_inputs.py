@@ -116,7 +116,8 @@ def _kernel_patches(
     spatial = x.shape[2:]
     rank = len(spatial)
     out = _out_spatial(
-        tuple(n + geometry.pads[a] + geometry.pads[rank + a] for a, n in enumerate(spatial)), geometry
+        tuple(n + geometry.pads[a] + geometry.pads[rank + a] for a, n in enumerate(spatial)),
+        geometry,
     )
     if positions is None:
         positions = np.broadcast_to(np.arange(int(np.prod(out))), (batch, int(np.prod(out))))
@@ -159,7 +160,8 @@ def _gather_per_image(x: np.ndarray, pixel: np.ndarray, inside: np.ndarray) -> n
     taps, _, kept = pixel.shape
     gathered = np.empty((batch, channels, taps, kept), dtype=np.float32)
     for image in range(batch):
-        np.take(x[image], pixel[:, image].reshape(-1), axis=1, out=gathered[image].reshape(channels, -1))
+        out = gathered[image].reshape(channels, -1)
+        np.take(x[image], pixel[:, image].reshape(-1), axis=1, out=out)
     if not inside.all():
         gathered *= inside.transpose(1, 0, 2)[:, None]
     return gathered.transpose(1, 2, 0, 3).reshape(channels, -1)

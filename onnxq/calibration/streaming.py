@@ -127,12 +127,13 @@ def _stream(
 ) -> Iterator[tuple[dict[str, np.ndarray], ...]]:
     input_name = models[0].graph.inputs[0].name
     fetched = [name for name in names if name != input_name]
-    sessions = [session_with_outputs(model, fetched, ep, prune) for model in models] if fetched else []
+    sessions = [session_with_outputs(m, fetched, ep, prune) for m in models] if fetched else []
     batches = data.iter_batches(images, preprocessing, batch_size)
     for pixels, _ in progress.track(batches, description, len(images), lambda b: len(b[0])):
         results = []
         for session in sessions or [None] * len(models):
-            outputs = {} if session is None else dict(zip(fetched, session.run(fetched, {input_name: pixels})))
+            values = [] if session is None else session.run(fetched, {input_name: pixels})
+            outputs = dict(zip(fetched, values))
             outputs[input_name] = pixels
             results.append(outputs)
         yield tuple(results)

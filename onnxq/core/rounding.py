@@ -109,7 +109,9 @@ def gptq_codes(
     # Columns first (``[g, D, R]``), in rounding order: each column a contiguous row.
     work, scale, zero_point = (
         xp.take_along_axis(
-            xp.permute_dims(xp.astype(a, xp.float64, copy=False), (0, 2, 1)), order[:, :, None], axis=1
+            xp.permute_dims(xp.astype(a, xp.float64, copy=False), (0, 2, 1)),
+            order[:, :, None],
+            axis=1,
         )
         for a in (weight, scale, zero_point)
     )
@@ -138,7 +140,7 @@ def gptq_codes(
 def _update(work, errors, upper, start: int, stop: int, end: int, xp) -> None:
     """GPTQ's lazy update: columns ``[stop, end)`` take the errors of columns ``[start, stop)``."""
     if stop < end:
-        block = xp.permute_dims(upper[:, start:stop, stop:end], (0, 2, 1))  # [g, end−stop, stop−start]
+        block = xp.permute_dims(upper[:, start:stop, stop:end], (0, 2, 1))  # [g, later, block]
         work[:, stop:end] -= xp.matmul(block, errors[:, start:stop])
 
 

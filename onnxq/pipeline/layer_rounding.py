@@ -118,7 +118,9 @@ class LayerRounding:
             hessian -= mean[:, :, None] * mean[:, None, :]
         return shrink_to_diagonal(hessian, observed.gram_count)
 
-    def fitted_rows(self, target: WeightTarget, rows: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+    def fitted_rows(
+        self, target: WeightTarget, rows: np.ndarray, hessian: np.ndarray
+    ) -> np.ndarray:
         """The ``[g, R, D]`` rows GPTQ rounds: the weight itself, or where the layer saw the
         inputs of a partly quantized network, the weight that best reproduces the float
         layer's output on them (``rounding.float_target``)."""
