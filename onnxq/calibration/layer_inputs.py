@@ -115,10 +115,7 @@ def _kernel_patches(
     batch, channels = x.shape[:2]
     spatial = x.shape[2:]
     rank = len(spatial)
-    out = _out_spatial(
-        tuple(n + geometry.pads[a] + geometry.pads[rank + a] for a, n in enumerate(spatial)),
-        geometry,
-    )
+    out = _output_shape(spatial, geometry)
     if positions is None:
         positions = np.broadcast_to(np.arange(int(np.prod(out))), (batch, int(np.prod(out))))
     where = np.unravel_index(positions, out)  # per axis [N, k]
@@ -195,12 +192,16 @@ def output_positions(x_shape: tuple[int, ...], geometry: LayerGeometry) -> int:
     """Output positions per image of a Conv (1 for Gemm/MatMul rows)."""
     if not geometry.kernel:
         return 1
-    rank = len(geometry.kernel)
-    padded = [
-        size + geometry.pads[axis] + geometry.pads[rank + axis]
-        for axis, size in enumerate(x_shape[2:])
-    ]
-    return int(np.prod(_out_spatial(tuple(padded), geometry)))
+    return int(np.prod(_output_shape(x_shape[2:], geometry)))
+
+
+def _output_shape(spatial: tuple[int, ...], geometry: LayerGeometry) -> tuple[int, ...]:
+    """The output size of a Conv (explicit pads) on an unpadded input of size ``spatial``."""
+    rank = len(spatial)
+    padded = tuple(
+        size + geometry.pads[axis] + geometry.pads[rank + axis] for axis, size in enumerate(spatial)
+    )
+    return _out_spatial(padded, geometry)
 
 
 def patch_sums(x: np.ndarray, geometry: LayerGeometry) -> np.ndarray:
@@ -337,7 +338,9 @@ class InputStatistics:
             rows = x.size // x.shape[-1]
             self.count += rows
             if self._decide_gram(rows // len(x)):
-                self._add(patches(x, geometry), _patches_of(reference, geometry))
+                self._add(
+                    patches(x, geometry), None if reference is None else patches(reference, geometry)
+                )
             return
         positions = output_positions(x.shape, geometry)
         self.count += positions * len(x)
@@ -474,10 +477,6 @@ def _float64(array) -> np.ndarray:
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
-
-
-def _patches_of(x: np.ndarray | None, geometry: LayerGeometry) -> np.ndarray | None:
-    return None if x is None else patches(x, geometry)
 
 
 @dataclasses.dataclass

@@ -183,13 +183,8 @@ def float_target(
     """
     xp = array_api_compat.array_namespace(weight, hessian, difference)
     damped = xp.asarray(hessian, dtype=xp.float64, copy=True)
-    diagonal = xp.linalg.diagonal(damped)
-    diagonal = xp.where(diagonal <= 0, xp.ones_like(diagonal), diagonal)
-    mean = xp.mean(diagonal, axis=1)[:, None]
-    index = xp.arange(damped.shape[1], device=array_api_compat.device(damped))
     wanted = xp.matmul(xp.permute_dims(difference, (0, 2, 1)), xp.permute_dims(weight, (0, 2, 1)))
-    for attempt in range(6):
-        damped[:, index, index] = diagonal + damping * 10**attempt * mean
+    for _ in _damped(damped, damping):
         try:
             correction = xp.linalg.solve(damped, wanted)
         except _FACTORIZATION_ERRORS:
@@ -222,20 +217,29 @@ def _inverse_cholesky(reversed_hessian, damping: float):
     triangle is meaningful (GPTQ reads nothing else).
     """
     xp = array_api_compat.array_namespace(reversed_hessian)
-    undamped = xp.linalg.diagonal(reversed_hessian)
-    undamped = xp.where(undamped <= 0, xp.ones_like(undamped), undamped)  # a new array
-    mean = xp.mean(undamped, axis=1)[:, None]
     depth = reversed_hessian.shape[1]
-    index = xp.arange(depth, device=array_api_compat.device(reversed_hessian))
     in_place = array_api_compat.is_numpy_array(reversed_hessian) and depth >= _BATCHED_INVERSE_DEPTH
     factorize = _factorize_in_place if in_place else _factorize_batched
-    for attempt in range(6):
-        added = (damping * 10**attempt) * mean  # [g, 1]
-        reversed_hessian[:, index, index] = undamped + added
+    for added in _damped(reversed_hessian, damping):
         inverse = factorize(reversed_hessian, added)
         if inverse is not None:
             return xp.flip(inverse, axis=(1, 2))
     raise np.linalg.LinAlgError("the layer's input second moment is not positive definite")
+
+
+def _damped(matrix, damping: float):
+    """Damp ``matrix`` ``[g, D, D]`` in place, more at each step: its diagonal becomes the
+    undamped one (a non-positive entry, an input never seen non-zero, as 1) plus
+    ``damping · 10^k`` times its mean, for k = 0 … 5; yields the amount added, ``[g, 1]``."""
+    xp = array_api_compat.array_namespace(matrix)
+    undamped = xp.linalg.diagonal(matrix)
+    undamped = xp.where(undamped <= 0, xp.ones_like(undamped), undamped)  # a new array
+    mean = xp.mean(undamped, axis=1)[:, None]
+    index = xp.arange(matrix.shape[1], device=array_api_compat.device(matrix))
+    for attempt in range(6):
+        added = (damping * 10**attempt) * mean
+        matrix[:, index, index] = undamped + added
+        yield added
 
 
 def _positive_pivots(lower, added) -> bool:
