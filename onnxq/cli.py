@@ -13,6 +13,7 @@ from typer.exceptions import TyperException
 
 from onnxq import __version__, failures
 from onnxq.base import outputs, progress
+from onnxq.base.constants import RECONSTRUCT_ITERATIONS
 from onnxq.base.errors import OnnxqError
 from onnxq.core.schemes import scheme_names
 
@@ -92,10 +93,11 @@ def quantize(
     symmetric_range: Annotated[str, typer.Option("--symmetric-range", help="Grid of symmetric schemes: restricted (codes ±(2^(b-1)-1), scale absmax/(2^(b-1)-1): both extremes representable) or full (codes -2^(b-1)..2^(b-1)-1, scale 2·absmax/(2^b-1): the positive extreme clips by half a step).")] = "restricted",
     weight_only: Annotated[bool, typer.Option("--weight-only", help="Keep features in float.")] = False,
     reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--full-range", help="8-bit symmetric weights with 7-bit codes (±63), which ONNX Runtime's int8 kernels multiply without saturating on x86 CPUs without VNNI (AVX2: AMD Zen 1-3, Intel before Cascade Lake), or all 8 bits (default: reduced when quantizing on such a CPU with quantized features).")] = None,
-    rounding: Annotated[str, typer.Option(help="Weight codes on the observer's grid: nearest; gptq (compensates each layer's rounding error over its calibration inputs); auto: gptq for weights under 8 bits when --calib is given, else nearest.")] = "auto",
+    rounding: Annotated[str, typer.Option(help="Weight codes on the observer's grid: nearest; gptq (compensates each layer's rounding error over its calibration inputs); reconstruct (starts from gptq, then learns each block's rounding and feature scales against the float block's output; needs torch: pip install 'onnxq[reconstruct]'); auto: gptq for weights under 8 bits when --calib is given, else nearest.")] = "auto",
     bias_correction: Annotated[Optional[bool], typer.Option("--bias-correction/--no-bias-correction", help="Subtract each layer's mean output shift, measured on the calibration images, from its bias (default: with gptq rounding).")] = None,
     gptq_inputs: Annotated[str, typer.Option("--gptq-inputs", help="Where GPTQ and bias correction measure each layer's inputs: float (the float network, one calibration pass) or quantized (stage by stage, the network whose earlier stages are already quantized, fitted to the float network's output; one more pass per stage).")] = "float",
     gptq_stages: Annotated[int, typer.Option("--gptq-stages", min=1, help="Stages of --gptq-inputs quantized: the layers in graph order, cut into this many runs (as many as layers: layer by layer).")] = 4,
+    reconstruct_iters: Annotated[int, typer.Option("--reconstruct-iters", min=0, help="Optimisation steps per block of --rounding reconstruct (time grows in proportion).")] = RECONSTRUCT_ITERATIONS,
     decompose_scales: Annotated[bool, typer.Option("--decompose-scales", help="Store per-group weight scales as a per-channel float times low-bit integer codes.")] = False,
     scale_bits: Annotated[Optional[int], typer.Option("--scale-bits", help="Bits of the decomposed scale codes (2..8; default 4). Needs --decompose-scales.")] = None,
     smooth: Annotated[bool, typer.Option("--smooth", help="Move activation range into the weights that read it (SmoothQuant), folded into the weights: no runtime op.")] = False,
@@ -142,6 +144,7 @@ def quantize(
         reduce_range=reduce_range,
         gptq_inputs=gptq_inputs,
         gptq_stages=gptq_stages,
+        reconstruct_iterations=reconstruct_iters,
         **_smoothing(smooth, alpha, act_scale, smooth_mul),
         reorder=reorder,
     )

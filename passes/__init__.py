@@ -17,6 +17,7 @@ from onnxq.passes.protect_float_weights import (
 from onnxq.passes.quantize_weights import QuantizeWeightsPass, QuantizeWeightsResult
 from onnxq.passes.reorder import ReorderPass, ReorderResult
 from onnxq.passes.smooth import SmoothPass, SmoothResult
+from onnxq.passes.store_learned import StoreLearnedPass, StoreLearnedResult
 from onnxq.passes.widen_weights_to_int8 import (
     WidenWeightsToInt8Pass,
     WidenWeightsToInt8Result,
@@ -44,6 +45,8 @@ __all__ = [
     "ReorderResult",
     "SmoothPass",
     "SmoothResult",
+    "StoreLearnedPass",
+    "StoreLearnedResult",
     "WidenWeightsToInt8Pass",
     "WidenWeightsToInt8Result",
 ]

@@ -18,7 +18,8 @@ PACKAGES = {"onnxq": ROOT / "onnxq", "onnxq.passes": ROOT / "passes", "onnxq.mod
 #: Layers from the bottom up, each a subpackage of ``onnxq`` (``interface``: the modules at the
 #: top of the package). A module may import from its own layer and the ones below.
 LAYERS = (
-    "base", "core", "io", "analysis", "calibration", "passes", "pipeline", "models", "reporting",
+    "base", "core", "io", "analysis", "calibration", "passes", "reconstruction", "pipeline",
+    "models", "reporting",
     "experiments", "interface",
 )
 

@@ -113,6 +113,14 @@ def _broadcast(node: ir.Node, codes: np.ndarray, parameter: np.ndarray) -> np.nd
     return parameter.reshape(shape)
 
 
+def broadcast_parameters(node: ir.Node) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A constant DequantizeLinear's ``(codes, scale, zero point)``, int32/float32/int32, the
+    scale and zero point laid out to the codes' full shape."""
+    codes, scale, zero_point = _parameters(node)
+    full = [np.broadcast_to(_broadcast(node, codes, p), codes.shape) for p in (scale, zero_point)]
+    return codes, np.ascontiguousarray(full[0]), np.ascontiguousarray(full[1])
+
+
 def dequantize_constant(node: ir.Node) -> np.ndarray:
     """The float32 tensor a constant DequantizeLinear produces."""
     codes, scale, zero_point = _parameters(node)

@@ -25,7 +25,9 @@ AUTO = "auto"
 #: Where feature Q/DQ pairs go (``onnxq.analysis.placement``).
 PLACEMENTS = ("inputs", "fused")
 #: How weight codes are chosen on their grid (``onnxq.pipeline.layer_rounding``).
-ROUNDINGS = ("nearest", "gptq")
+ROUNDINGS = ("nearest", "gptq", "reconstruct")
+#: Optimisation steps per block of ``--rounding reconstruct`` (``onnxq.reconstruction``).
+RECONSTRUCT_ITERATIONS = 1000
 #: Where GPTQ and bias correction take each layer's inputs from (``QuantConfig.gptq_inputs``).
 GPTQ_INPUTS = ("float", "quantized")
 #: Multipliers of the activation ranges in the smoothing scale (the seed log's ablation).

@@ -56,8 +56,10 @@ def track(
     description: str,
     total: int | None = None,
     size: Callable[[T], int] = lambda item: 1,
+    note: Callable[[], str] | None = None,
 ) -> Iterator[T]:
-    """Yield ``items`` while drawing a bar that advances by ``size(item)`` up to ``total``.
+    """Yield ``items`` while drawing a bar that advances by ``size(item)`` up to ``total``;
+    ``note`` (called after each item) gives a text shown after the bar, e.g. a loss.
 
     Bars are drawn only on a terminal; logs and pipes get no progress output.
     """
@@ -71,9 +73,10 @@ def track(
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}"),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(description, total=total, note="")
         for item in items:
             yield item
-            bar.advance(task, size(item))
+            bar.update(task, advance=size(item), note=note() if note is not None else "")

@@ -11,6 +11,7 @@ from onnxq.base.constants import (
     FEATURE_OPS,
     GPTQ_INPUTS,
     PLACEMENTS,
+    RECONSTRUCT_ITERATIONS,
     REORDER_KEYS,
     ROUNDINGS,
     WEIGHT_OPS,
@@ -44,7 +45,10 @@ class QuantConfig:
     layer's mean output shift from its bias (see ``onnxq.pipeline.layer_rounding``). Both
     measure each layer's inputs in the float network (``gptq_inputs`` ``float``, one pass), or
     in ``gptq_stages`` stages, each from the network whose earlier stages are quantized, fitted
-    to the float network's output (``quantized``, one more pass per stage).
+    to the float network's output (``quantized``, one more pass per stage). ``reconstruct``
+    starts from GPTQ's codes and bias correction and learns each block's rounding and feature
+    scales against the float block's output, ``reconstruct_iterations`` steps per block
+    (``onnxq.reconstruction``; needs torch).
 
     ``reduce_range`` limits 8-bit symmetric weights to 7-bit codes (±63), so that ONNX Runtime's
     u8×s8 kernels cannot saturate on x86 CPUs without VNNI (``onnxq.base.host``).
@@ -72,6 +76,7 @@ class QuantConfig:
     reduce_range: bool | None = None
     gptq_inputs: str = "float"
     gptq_stages: int = 4
+    reconstruct_iterations: int = RECONSTRUCT_ITERATIONS
 
     def __post_init__(self) -> None:
         unknown = [op for op in self.ops if op not in WEIGHT_OPS + FEATURE_OPS]
@@ -113,6 +118,10 @@ class QuantConfig:
             )
         if self.gptq_stages < 1:
             raise OnnxqError(f"--gptq-stages must be at least 1, got {self.gptq_stages}")
+        if self.reconstruct_iterations < 0:
+            raise OnnxqError(
+                f"--reconstruct-iters must be at least 0, got {self.reconstruct_iterations}"
+            )
         if self.rounding not in ROUNDINGS + (AUTO,):
             raise OnnxqError(
                 f"unknown --rounding {self.rounding!r} (choose from {', '.join(ROUNDINGS + (AUTO,))})"
@@ -134,7 +143,7 @@ class QuantConfig:
           are symmetric (int8 codes that such kernels read); elsewhere the full 8 bits;
         * rounding ``auto``: ``gptq`` for weights under 8 bits (reduced-range 8-bit weights are
           7-bit) when calibrated, else ``nearest``;
-        * bias correction unset: on with ``gptq`` rounding.
+        * bias correction unset: on with ``gptq`` and ``reconstruct`` rounding.
         """
         placement = self.placement
         if placement == AUTO:
@@ -151,7 +160,7 @@ class QuantConfig:
             rounding = "gptq" if weights.bits < 8 and calibrated else "nearest"
         bias_correction = self.bias_correction
         if bias_correction is None:
-            bias_correction = rounding == "gptq"
+            bias_correction = rounding in ("gptq", "reconstruct")
         return dataclasses.replace(
             self, placement=placement, rounding=rounding, bias_correction=bias_correction,
             reduce_range=reduce_range,
@@ -160,8 +169,10 @@ class QuantConfig:
     def rounding_notes(self) -> list[str]:
         """What this (resolved) config does beyond round-to-nearest, e.g. ``gptq rounding``."""
         notes = [f"{self.rounding} rounding"] if self.rounding != "nearest" else []
+        if self.rounding == "reconstruct":
+            notes[-1] += f" ({self.reconstruct_iterations} steps per block, from gptq)"
         notes += ["bias correction"] * bool(self.bias_correction)
-        if self.gptq_inputs == "quantized" and (self.rounding == "gptq" or self.bias_correction):
+        if self.gptq_inputs == "quantized" and (self.rounding != "nearest" or self.bias_correction):
             notes.append(f"inputs from the quantized network in {self.gptq_stages} stages")
         return notes + ["8-bit weights in reduced range (±63)"] * bool(self.reduce_range)
 
@@ -194,6 +205,7 @@ class QuantConfig:
             "reduce_range": self.reduce_range,
             "gptq_inputs": self.gptq_inputs,
             "gptq_stages": self.gptq_stages,
+            "reconstruct_iterations": self.reconstruct_iterations,
         }
 
     def to_json(self) -> str:

@@ -240,7 +240,7 @@ def prepare(
         t.weight: nodes[t.node].inputs[t.input_index].const_value.numpy().copy()
         for t in plan.weights
     }
-    gptq = config.rounding == "gptq"
+    gptq = config.rounding in ("gptq", "reconstruct")  # reconstruction starts from GPTQ
     stages = _stages(plan.weights, config.gptq_stages) if config.gptq_inputs == "quantized" else []
     first = stages[0] if stages else plan.weights
     device = accelerator(ep) if gptq else None
@@ -248,7 +248,7 @@ def prepare(
     biased = {
         t.node for t in plan.weights if config.bias_correction and nodes[t.node].op_type in BIASED_OPS
     }
-    float_model = _copy(model) if len(stages) > 1 else None
+    float_model = copy_model(model) if len(stages) > 1 else None
     return LayerRounding(
         list(plan.weights), observed, floats, biased, gptq, stages, float_model, config.seed, device
     )
@@ -314,5 +314,6 @@ def _stage_entries(model: ir.Model, stage: list[WeightTarget]) -> set[str]:
     return names - reached
 
 
-def _copy(model: ir.Model) -> ir.Model:
+def copy_model(model: ir.Model) -> ir.Model:
+    """An independent copy of ``model``."""
     return ir.serde.deserialize_model(ir.serde.serialize_model(model))

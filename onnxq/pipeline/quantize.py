@@ -34,7 +34,7 @@ from onnxq.passes import (
     LayerShapedWeightsPass,
     QuantizeWeightsPass,
 )
-from onnxq.pipeline import layer_rounding, modelio, pass_selection
+from onnxq.pipeline import block_reconstruction, layer_rounding, modelio, pass_selection
 from onnxq.pipeline.channel_rewrites import ChannelSetReport, rewrite_channels
 from onnxq.pipeline.pass_selection import Candidate, automatic_passes, select_passes
 
@@ -52,6 +52,7 @@ class QuantizeResult:
     seconds: float
     channel_sets: list[ChannelSetReport] = dataclasses.field(default_factory=list)
     pass_selection: list[Candidate] = dataclasses.field(default_factory=list)
+    blocks: list = dataclasses.field(default_factory=list)  # reconstruction's BlockRecords
 
 
 def quantize(
@@ -68,7 +69,8 @@ def quantize(
     """Quantize ``model`` in place as ``config`` says; features are calibrated on the images.
 
     Stages, in order: (1) function-preserving rewrites of the float model, (2) the plan of
-    weights and features, (3) feature calibration, (4) the Q/DQ passes, (5) metadata.
+    weights and features, (3) feature calibration, (4) the Q/DQ passes, (5) block
+    reconstruction (``--rounding reconstruct``), (6) metadata.
     ``calibration_cache`` reuses the feature parameters of an identical earlier calibration.
     ``verify`` makes the channel passes of stage (1) check that the outputs did not change.
     ``select`` first probes which automatic channel passes help
@@ -95,7 +97,10 @@ def quantize(
 
         chosen, selection = select_passes(model, config, sample, preprocessing, probe, ep)
         config = chosen.config
+    if config.rounding == "reconstruct":
+        block_reconstruction.require_torch()
     channel_sets = rewrite_channels(model, config, sample, preprocessing, batch_size, ep, verify)
+    reference = layer_rounding.copy_model(model) if config.rounding == "reconstruct" else None
     plan = make_plan(model, config)
     if not plan.weights and not plan.features:
         raise OnnxqError("nothing to quantize: no Conv, Gemm or MatMul with constant weights")
@@ -116,6 +121,11 @@ def quantize(
             CorrectBiasPass(rounding.bias_shifts(weights))(model)
     InsertFeatureQDQPass(plan.features, features)(model)
     LayerShapedWeightsPass()(model)
+    blocks = []
+    if reference is not None:
+        weights, blocks = block_reconstruction.reconstruct_blocks(
+            model, reference, weights, config, sample, preprocessing, ep
+        )
     modelio.set_preprocessing(model, preprocessing)
     model.metadata_props[metadata.QUANTIZATION] = config.to_json()
     model.metadata_props[metadata.VERSION] = __version__
@@ -133,6 +143,7 @@ def quantize(
         time.perf_counter() - start,
         channel_sets=channel_sets,
         pass_selection=selection,
+        blocks=blocks,
     )
 
 

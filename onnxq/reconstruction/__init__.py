@@ -1,0 +1,1 @@
+"""Block reconstruction with torch (the ``reconstruct`` extra): learned rounding and steps."""

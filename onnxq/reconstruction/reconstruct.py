@@ -1,0 +1,365 @@
+"""Block reconstruction (BRECQ with QDrop): learn each block's weight rounding and feature steps.
+
+The quantized model (GPTQ codes, bias-corrected, feature Q/DQ inserted) and the float model it
+came from are cut into the same blocks (``analysis.blocks``). Block by block, in graph order, the
+quantized block runs in torch on the outputs of the already reconstructed blocks before it, and
+its rounding (``learned.SoftRounding``, AdaRound started from GPTQ's codes) and the scales of its
+feature quantizers (``learned.FakeQuant``, LSQ with QDrop) are learned to minimise the squared
+error against the float block's output on the calibration images. A block whose learned codes
+do not lower that error keeps its starting codes and scales. The grids of the weights stay the
+observer's; what comes back is codes and feature scales to store in the same QDQ graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import onnx_ir as ir
+import torch
+
+from onnxq.analysis.blocks import Block, find_blocks
+from onnxq.analysis.constant_dq import broadcast_parameters, constant_array, weight_dequantize
+from onnxq.base import progress
+from onnxq.base.constants import RECONSTRUCT_ITERATIONS
+from onnxq.reconstruction.learned import FakeQuant, SoftRounding
+from onnxq.reconstruction.torch_graph import GraphModule, quantize_of
+
+logger = logging.getLogger(__name__)
+
+#: Code ranges of a feature's QuantizeLinear output type.
+_FEATURE_RANGES = {
+    ir.DataType.UINT8: (0, 255), ir.DataType.INT8: (-128, 127),
+    ir.DataType.UINT4: (0, 15), ir.DataType.INT4: (-8, 7),
+    ir.DataType.UINT16: (0, 65535), ir.DataType.INT16: (-32768, 32767),
+}
+#: Images per forward pass when a whole block's outputs are computed.
+_EVAL_BATCH = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How each block is optimised (BRECQ's and QDrop's published settings, fewer steps)."""
+
+    iterations: int = RECONSTRUCT_ITERATIONS
+    batch: int = 8
+    crop: int = 32  # steps see random crops of this side of larger block inputs
+    weight_lr: float = 0.1  # Adam, AdaRound's logits (1e-3 in AdaRound, over 10-20× the steps)
+    scale_lr: float = 4e-5  # Adam, feature scales
+    regularizer: float = 0.01  # weight of AdaRound's rounding regulariser
+    warmup: float = 0.2  # share of the steps without the regulariser
+    beta: tuple[float, float] = (20.0, 2.0)  # the regulariser's exponent, annealed
+    drop: float = 0.5  # QDrop: probability that an element skips feature quantization
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockRecord:
+    """One block: its layers, relative output error (‖q − f‖² / ‖f‖² on the calibration
+    images) with the starting codes and at the end, whether the learned values were kept."""
+
+    layers: tuple[str, ...]
+    start_error: float
+    error: float
+    kept: bool
+    seconds: float
+
+
+@dataclasses.dataclass
+class Reconstruction:
+    """Learned codes by layer (int32, the stored layout), the weights they dequantize to (float32,
+    the layer's layout), learned scales by quantized feature (float32, the stored shape), and
+    what happened in each block."""
+
+    codes: dict[str, np.ndarray]
+    weights: dict[str, np.ndarray]
+    scales: dict[str, np.ndarray]
+    blocks: list[BlockRecord]
+
+
+def reconstruct(
+    quantized: ir.Model,
+    reference: ir.Model,
+    code_ranges: Mapping[str, tuple[int, int]],
+    images: np.ndarray,
+    settings: Settings = Settings(),
+    device: str = "cpu",
+) -> Reconstruction:
+    """Learn the codes and feature scales of ``quantized`` against ``reference`` (its float
+    model, the same tensor and layer names) on ``images`` (``[N, C, H, W]``, preprocessed).
+
+    ``code_ranges``: the codes each weight may take, by the name of the float weight; layers
+    not named there keep their codes.
+    """
+    torch.manual_seed(settings.seed)
+    blocks = find_blocks(reference.graph)
+    roundings = _weight_sites(quantized.graph, reference.graph, code_ranges)
+    quantizers = _feature_sites(quantized.graph, settings.drop)
+    pairs = [_block_pair(block, quantized, reference, roundings, quantizers) for block in blocks]
+    for module in [m for pair in pairs for m in pair]:
+        module.to(device)
+    x_float = torch.from_numpy(np.ascontiguousarray(images, np.float32)).to(device)
+    _announce(pairs, x_float, settings)
+    x_quant, records, learned = x_float, [], set()
+    for index, (block, (q_block, f_block)) in enumerate(zip(blocks, pairs)):
+        start = time.perf_counter()
+        y_float = _outputs(f_block, x_float)
+        fresh = [module for module in _quantizers_of(q_block) if id(module) not in learned]
+        learned.update(id(module) for module in fresh)
+        start_error, error, kept, y_quant = _reconstruct_block(
+            (q_block, f_block), fresh, (x_quant, x_float), y_float, settings,
+            f"block {index + 1}/{len(blocks)}",
+        )
+        records.append(BlockRecord(block.layers, start_error, error, kept,
+                                   time.perf_counter() - start))
+        logger.info("block %d (%s): output error %.4g → %.4g%s", index + 1,
+                    ", ".join(block.layers), start_error, error, "" if kept else " (not kept)")
+        x_quant, x_float = y_quant, y_float
+    codes, weights = {}, {}
+    for layer, (_, rounding) in roundings.items():
+        rounding.soft = False
+        codes[layer] = rounding.hard_codes()
+        weights[layer] = rounding().detach().cpu().numpy()
+    scales = {tensor: module.learned_scale() for tensor, (_, module) in quantizers.items()}
+    return Reconstruction(codes, weights, scales, records)
+
+
+def _weight_sites(
+    graph: ir.Graph, reference: ir.Graph, code_ranges: Mapping[str, tuple[int, int]]
+) -> dict[str, tuple[str, SoftRounding]]:
+    """Layer name → (the weight tensor the layer reads, its learned rounding)."""
+    float_layers = {node.name: node for node in reference}
+    sites = {}
+    for node in graph:
+        dequantize = weight_dequantize(node.inputs[1]) if len(node.inputs) > 1 else None
+        original = float_layers.get(node.name)
+        if dequantize is None or original is None or original.inputs[1].const_value is None:
+            continue
+        code_range = code_ranges.get(original.inputs[1].name)
+        if code_range is None:
+            continue
+        codes, scale, zero_point = broadcast_parameters(dequantize)
+        weight = original.inputs[1].const_value.numpy()
+        target = weight.reshape(codes.shape) / scale + zero_point
+        if np.abs(target - codes).mean() > 1:
+            logger.warning("%s: its codes are not a rounding of its float weight; kept", node.name)
+            continue
+        rounding = SoftRounding(target, codes, scale, zero_point, code_range, weight.shape)
+        sites[node.name] = (node.inputs[1].name, rounding)
+    return sites
+
+
+def _feature_sites(graph: ir.Graph, drop: float) -> dict[str, tuple[list[str], FakeQuant]]:
+    """Quantized feature → (the DequantizeLinear outputs that read its codes, its quantizer)."""
+    readers: dict[str, list[ir.Node]] = {}
+    for node in graph:
+        quantize = quantize_of(node)
+        if quantize is not None and constant_array(quantize.inputs[0]) is None:
+            readers.setdefault(quantize.name, []).append(node)
+    sites = {}
+    for node in graph:
+        if node.name not in readers:
+            continue
+        scale = constant_array(node.inputs[1])
+        zero_point = constant_array(node.inputs[2]) if len(node.inputs) > 2 else None
+        dtype = node.inputs[2].dtype if zero_point is not None else ir.DataType.UINT8
+        if zero_point is None:
+            zero_point = np.zeros_like(scale)
+        low, high = _FEATURE_RANGES[dtype]
+        for reader in readers[node.name]:  # a Clip between narrows the codes
+            clip = reader.inputs[0].producer()
+            if clip is not None and clip.op_type == "Clip":
+                low = max(low, int(constant_array(clip.inputs[1])))
+                high = min(high, int(constant_array(clip.inputs[2])))
+        axis = node.attributes.get_int("axis", 1)
+        quantizer = FakeQuant(scale, zero_point, (low, high), axis, drop)
+        outputs = [reader.outputs[0].name for reader in readers[node.name]]
+        sites[node.inputs[0].name] = (outputs, quantizer)
+    return sites
+
+
+def _block_pair(
+    block: Block,
+    quantized: ir.Model,
+    reference: ir.Model,
+    roundings: Mapping[str, tuple[str, SoftRounding]],
+    quantizers: Mapping[str, tuple[list[str], FakeQuant]],
+) -> tuple[GraphModule, GraphModule]:
+    """The quantized and the float block as torch modules."""
+    weights = {name: rounding for name, rounding in roundings.values()}
+    fake_quant = {out: module for outs, module in quantizers.values() for out in outs}
+    q_block = GraphModule(quantized.graph, block.input, block.output, weights, fake_quant)
+    f_block = GraphModule(reference.graph, block.input, block.output)
+    return q_block, f_block
+
+
+def _roundings_of(module: GraphModule) -> list[SoftRounding]:
+    return [m for m in module.learned.values() if isinstance(m, SoftRounding)]
+
+
+def _quantizers_of(module: GraphModule) -> list[FakeQuant]:
+    return [m for m in module.learned.values() if isinstance(m, FakeQuant)]
+
+
+@torch.no_grad()
+def _outputs(module: GraphModule, x: torch.Tensor) -> torch.Tensor:
+    """``module`` on every image of ``x`` (inference: hard codes, no dropping)."""
+    module.eval()
+    return torch.cat([module(x[i:i + _EVAL_BATCH]) for i in range(0, len(x), _EVAL_BATCH)])
+
+
+def _relative_error(output: torch.Tensor, target: torch.Tensor) -> float:
+    return float(((output - target) ** 2).sum() / (target**2).sum().clamp_min(1e-30))
+
+
+def _reconstruct_block(
+    blocks: tuple[GraphModule, GraphModule],
+    quantizers: list[FakeQuant],
+    inputs: tuple[torch.Tensor, torch.Tensor],
+    y_float: torch.Tensor,
+    settings: Settings,
+    description: str,
+) -> tuple[float, float, bool, torch.Tensor]:
+    """Optimise the quantized block of ``blocks`` (quantized, float) on ``inputs`` (its own,
+    the float block's); returns its relative error before and after, whether the learned
+    values were kept (they are not when they do not lower the error) and its outputs."""
+    q_block, x_quant = blocks[0], inputs[0]
+    roundings = _roundings_of(q_block)
+    for rounding in roundings:
+        rounding.soft = False
+    start_outputs = _outputs(q_block, x_quant)
+    start_error = _relative_error(start_outputs, y_float)
+    if not settings.iterations or not (roundings or quantizers):
+        return start_error, start_error, False, start_outputs
+    saved = _snapshot(roundings, quantizers)
+    _optimise(blocks, roundings, quantizers, inputs, y_float, settings, description)
+    for rounding in roundings:
+        rounding.soft = False
+    outputs = _outputs(q_block, x_quant)
+    error = _relative_error(outputs, y_float)
+    if error >= start_error:
+        _restore(roundings, quantizers, saved)
+        return start_error, start_error, False, start_outputs
+    return start_error, error, True, outputs
+
+
+def _snapshot(roundings: list[SoftRounding], quantizers: list[FakeQuant]) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in _parameters(roundings, quantizers)]
+
+
+def _restore(roundings: list[SoftRounding], quantizers: list[FakeQuant],
+             saved: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for parameter, value in zip(_parameters(roundings, quantizers), saved):
+            parameter.copy_(value)
+
+
+def _parameters(roundings: list[SoftRounding], quantizers: list[FakeQuant]):
+    return [r.logits for r in roundings] + [q.scale for q in quantizers]
+
+
+def _optimise(
+    blocks: tuple[GraphModule, GraphModule],
+    roundings: list[SoftRounding],
+    quantizers: list[FakeQuant],
+    inputs: tuple[torch.Tensor, torch.Tensor],
+    y_float: torch.Tensor,
+    settings: Settings,
+    description: str,
+) -> None:
+    """AdaRound's schedule: reconstruction loss alone for the warm-up, then with the rounding
+    regulariser whose exponent falls linearly from ``beta[0]`` to ``beta[1]``."""
+    q_block = blocks[0]
+    groups = [{"params": [r.logits for r in roundings], "lr": settings.weight_lr}]
+    if quantizers:
+        groups.append({"params": [q.scale for q in quantizers], "lr": settings.scale_lr})
+    optimizer = torch.optim.Adam(groups)
+    floors = [q.scale.detach().abs() * 1e-3 for q in quantizers]
+    for rounding in roundings:
+        rounding.soft = True
+    q_block.train()
+    shown = {"loss": math.nan}
+    for step in progress.track(range(settings.iterations), description, settings.iterations,
+                               note=lambda: f"loss {shown['loss']:.4g}"):
+        x_quant, target = _batch(blocks[1], inputs, y_float, settings)
+        output = q_block(x_quant)
+        loss = (output - target).pow(2).sum(1).mean()
+        beta = _beta(step, settings)
+        if beta is not None and roundings:
+            loss = loss + settings.regularizer * sum(r.regularizer(beta) for r in roundings)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for quantizer, floor in zip(quantizers, floors):
+                quantizer.scale.copy_(torch.maximum(quantizer.scale, floor))
+        shown["loss"] = loss.detach().item()
+    q_block.eval()
+
+
+def _batch(
+    f_block: GraphModule,
+    inputs: tuple[torch.Tensor, torch.Tensor],
+    y_float: torch.Tensor,
+    settings: Settings,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch of quantized-block inputs and float targets. Inputs larger than
+    ``settings.crop`` are cut to a random crop, and the target is the float block's output on
+    the same crop of its own input, so both see the same borders."""
+    x_quant, x_float = inputs
+    rows = torch.randint(0, len(x_quant), (settings.batch,), device=x_quant.device)
+    height, width = x_quant.shape[-2:] if x_quant.dim() == 4 else (0, 0)
+    if max(height, width) <= settings.crop:
+        return x_quant[rows], y_float[rows]
+    top = int(torch.randint(0, max(height - settings.crop, 0) + 1, ()))
+    left = int(torch.randint(0, max(width - settings.crop, 0) + 1, ()))
+    window = (rows, slice(None), slice(top, top + settings.crop), slice(left, left + settings.crop))
+    with torch.no_grad():
+        target = f_block(x_float[window])
+    return x_quant[window], target
+
+
+def _beta(step: int, settings: Settings) -> float | None:
+    """The regulariser's exponent at ``step``; None during the warm-up."""
+    progress_share = step / max(settings.iterations, 1)
+    if progress_share < settings.warmup:
+        return None
+    annealed = (progress_share - settings.warmup) / (1 - settings.warmup)
+    high, low = settings.beta
+    return high + (low - high) * annealed
+
+
+def _announce(pairs: list[tuple[GraphModule, GraphModule]], x: torch.Tensor,
+              settings: Settings) -> None:
+    """Time two training steps of every block on one batch (cropped as the steps crop it) and
+    say how long the whole run will take."""
+    if progress.is_quiet() or not settings.iterations:
+        return
+    batch = x[: settings.batch]
+    seconds = 0.0
+    for q_block, f_block in pairs:
+        for rounding in _roundings_of(q_block):
+            rounding.soft = True
+        q_block.train()
+        crop = batch[..., : settings.crop, : settings.crop] if batch.dim() == 4 else batch
+        for repeat in range(2):
+            start = time.perf_counter()
+            q_block(crop).pow(2).mean().backward()
+            seconds += (time.perf_counter() - start) * repeat
+        q_block.zero_grad(set_to_none=True)
+        q_block.eval()
+        with torch.no_grad():
+            batch = f_block(batch)
+    total = seconds * settings.iterations
+    progress.status(
+        f"reconstructing {len(pairs)} blocks, {settings.iterations} steps each: about "
+        f"{_duration(total)} on {x.device.type}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"

@@ -1,0 +1,303 @@
+"""Block reconstruction (``--rounding reconstruct``): blocks, the torch translation against ONNX
+Runtime, the learned rounding and feature steps, and the stored model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+import torch
+from elsewhere import light_sources, torch_sources
+from random_cnns import random_cnn
+from test_cli import assert_user_error, onnxq
+from test_rounding import CALIBRATION, _pixels
+from tiny_models import tiny_cnn
+
+from onnxq.analysis.blocks import find_blocks
+from onnxq.analysis.constant_dq import dequantize_constant, weight_dequantize
+from onnxq.base import metadata
+from onnxq.base.errors import OnnxqError
+from onnxq.core.config import QuantConfig
+from onnxq.core.quant_math import integer_range
+from onnxq.core.schemes import Scheme
+from onnxq.io import preprocessing
+from onnxq.passes import StoreLearnedPass
+from onnxq.pipeline import block_reconstruction, modelio
+from onnxq.pipeline.quantize import quantize, quantize_file
+from onnxq.reconstruction import reconstruct as rec
+from onnxq.reconstruction.learned import FakeQuant, SoftRounding
+from onnxq.reconstruction.torch_graph import GraphModule
+
+W3 = Scheme.parse("per-channel-affine", bits=3)
+A4 = Scheme.parse("per-tensor-affine", bits=4)
+A8 = Scheme.parse("per-tensor-affine", bits=8)
+FAST = {"light_squeezenet", "resnet18_opset13_b1"}
+SOURCES = light_sources() + torch_sources()
+
+
+def _config(rounding: str = "gptq", **changes) -> QuantConfig:
+    return QuantConfig(weights=W3, features=A4, calib_size=CALIBRATION, rounding=rounding,
+                       **changes)
+
+
+def _ort(model: ir.Model | onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's outputs, every op as the standard defines it (no fusion into integer
+    kernels, whose requantization rounds differently)."""
+    proto = ir.serde.serialize_model(model) if isinstance(model, ir.Model) else model
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(
+        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def _whole(model: ir.Model, **supplied) -> GraphModule:
+    graph = model.graph
+    return GraphModule(graph, graph.inputs[0].name, graph.outputs[0].name, **supplied)
+
+
+def _ranges(model: ir.Model, result) -> dict[str, tuple[int, int]]:
+    return {
+        name: integer_range(w.scheme.bits, w.scheme.signed, w.scheme.restricted)
+        for name, w in result.weights.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def quantized_tiny(tiny_path, sample_images):
+    """The tiny CNN quantized W3A4 with GPTQ, and its float model."""
+    images = sample_images.head(CALIBRATION)
+    reference = modelio.load_model(tiny_path)
+    result = quantize(modelio.load_model(tiny_path), _config(), images, batch_size=8)
+    return result, reference, _pixels(images)
+
+
+def test_blocks_follow_residual_blocks_and_join_plain_layers():
+    model = ir.serde.deserialize_model(tiny_cnn())
+    blocks = find_blocks(model.graph)
+    assert [block.layers for block in blocks] == [("conv1", "conv2"), ("dw3", "pw4"), ("fc",)]
+    assert [(block.input, block.output) for block in blocks] == [
+        ("input", "relu2.out"), ("relu2.out", "flat.out"), ("flat.out", "logits"),
+    ]
+    single = find_blocks(model.graph, max_layers=1)
+    assert [block.layers for block in single] == [("conv1",), ("conv2",), ("dw3", "pw4"), ("fc",)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_torch_translation_matches_onnx_runtime(seed):
+    rng = np.random.default_rng(seed)
+    kinds = ["conv", "depthwise", "residual", "pool", "concat", "pad"]
+    blocks = list(rng.choice(kinds, size=4))
+    head = ["gap_flatten", "reducemean_reshape", "mlp"][seed % 3]
+    proto = random_cnn(blocks, ["relu", "relu6", "none"], head, seed)
+    model = ir.serde.deserialize_model(proto)
+    x = rng.normal(size=(3, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        ours = _whole(model)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours, _ort(proto, x), rtol=1e-4, atol=1e-5)
+
+
+def test_quantized_graph_in_torch_matches_onnx_runtime(quantized_tiny):
+    """Hard codes and feature quantizers in eval mode compute what the QDQ graph computes."""
+    result, reference, x = quantized_tiny
+    model = result.model
+    roundings = rec._weight_sites(model.graph, reference.graph, _ranges(model, result))
+    quantizers = rec._feature_sites(model.graph, drop=0.5)
+    assert set(roundings) == {"conv1", "conv2", "dw3", "pw4", "fc"}
+    weights = {name: rounding for name, rounding in roundings.values()}
+    for rounding in weights.values():
+        rounding.soft = False
+    fake_quant = {out: module for outs, module in quantizers.values() for out in outs}
+    module = _whole(model, weights=weights, fake_quant=fake_quant).eval()
+    with torch.no_grad():
+        ours = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours, _ort(model, x), rtol=1e-4, atol=1e-4)
+
+
+def test_soft_rounding_starts_at_the_given_codes_and_rounds_between_two():
+    rng = np.random.default_rng(0)
+    target = rng.uniform(0, 15, (6, 20)).astype(np.float32)
+    codes = np.clip(np.round(target) + rng.integers(-2, 3, target.shape), 0, 15).astype(np.int32)
+    scale, zero_point = np.full(target.shape, 0.1, np.float32), np.full(target.shape, 7, np.float32)
+    rounding = SoftRounding(target, codes, scale, zero_point, (0, 15), (6, 20))
+    np.testing.assert_array_equal(rounding.hard_codes(), codes)
+    rounding.soft = False
+    expected = (codes - 7).astype(np.float32) * scale
+    np.testing.assert_array_equal(rounding().detach().numpy(), expected)
+    with torch.no_grad():
+        rounding.logits.neg_()  # every code flips to its other candidate
+    other = rounding.hard_codes()
+    assert (np.abs(other - codes) <= 1).all() and (other != codes).mean() > 0.8
+    rounding.soft = True
+    assert rounding.regularizer(2.0).item() > 0
+    rounding.soft = False
+    assert rounding.regularizer(2.0).item() == 0
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fake_quant_has_lsq_gradients(per_channel):
+    torch.manual_seed(0)
+    x = (torch.randn(4, 3, 5, 5) * 0.4).requires_grad_()
+    scale = np.array([0.05, 0.1, 0.02], np.float32) if per_channel else np.float32(0.05)
+    zero_point = np.full(np.shape(scale), 3, np.float32)
+    quantizer = FakeQuant(scale, zero_point, (0, 15)).train()
+    g = torch.randn(4, 3, 5, 5)
+    (quantizer(x) * g).sum().backward()
+    s = quantizer._broadcast(quantizer.scale.detach(), x)
+    v = x.detach() / s
+    codes = torch.round(v) + 3
+    inside = (codes >= 0) & (codes <= 15)
+    expected_y = (codes.clamp(0, 15) - 3) * s
+    np.testing.assert_allclose(quantizer.eval()(x).detach(), expected_y, rtol=1e-6)
+    np.testing.assert_allclose(x.grad, g * inside, rtol=1e-6)
+    per_element = g * torch.where(inside, torch.round(v) - v, codes.clamp(0, 15) - 3)
+    dims = [0, 2, 3] if per_channel else None
+    expected_scale = per_element.sum(dims) if dims else per_element.sum()
+    np.testing.assert_allclose(quantizer.scale.grad, expected_scale, rtol=1e-4, atol=1e-4)
+
+
+def test_dropped_elements_keep_their_float_value():
+    quantizer = FakeQuant(np.float32(0.5), np.float32(0), (0, 3), drop=0.5).train()
+    x = torch.rand(2, 4, 16, 16) * 3
+    y = quantizer(x)
+    kept = y == x
+    assert 0.3 < kept.float().mean() < 0.8  # about half kept (plus those already on the grid)
+    assert torch.equal(quantizer.eval()(x), torch.clamp(torch.round(x / 0.5), 0, 3) * 0.5)
+
+
+@pytest.fixture(scope="module")
+def learned_tiny(quantized_tiny):
+    """A copy of the quantized tiny CNN and what reconstruction learned for it."""
+    result, reference, x = quantized_tiny
+    model = ir.serde.deserialize_model(ir.serde.serialize_model(result.model))
+    settings = rec.Settings(iterations=300, batch=8, crop=16, regularizer=0.1)
+    return model, rec.reconstruct(model, reference, _ranges(model, result), x, settings)
+
+
+def test_reconstruction_lowers_every_block_error_below_gptq(learned_tiny):
+    _, learned = learned_tiny
+    assert [block.layers for block in learned.blocks] == [("conv1", "conv2"), ("dw3", "pw4"),
+                                                           ("fc",)]
+    for block in learned.blocks:
+        assert block.kept and block.error < block.start_error, block
+
+
+def test_stored_model_dequantizes_to_the_learned_weights(learned_tiny, tmp_path):
+    model, learned = learned_tiny
+    assert any((learned.codes[name] != _codes(model, name)).any() for name in learned.codes)
+    StoreLearnedPass(learned.codes, learned.scales)(model)
+    stored = modelio.load_model(_saved(model, tmp_path / "learned.onnx"))
+    nodes = {node.name: node for node in stored.graph}
+    for name, weight in learned.weights.items():
+        dequantize = weight_dequantize(nodes[name].inputs[1])
+        np.testing.assert_array_equal(dequantize_constant(dequantize).reshape(weight.shape), weight)
+    for tensor, scale in learned.scales.items():
+        for node in stored.graph:
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.inputs[0].name in (
+                tensor, f"{tensor}_quantized"
+            ):
+                np.testing.assert_array_equal(node.inputs[1].const_value.numpy(), scale)
+
+
+def _saved(model: ir.Model, path) -> str:
+    modelio.save_model(model, path)
+    return str(path)
+
+
+def _codes(model: ir.Model, layer: str) -> np.ndarray:
+    node = next(node for node in model.graph if node.name == layer)
+    return weight_dequantize(node.inputs[1]).inputs[0].const_value.numpy().astype(np.int32)
+
+
+def test_store_learned_checks_its_targets(quantized_tiny):
+    result, _, _ = quantized_tiny
+    model = ir.serde.deserialize_model(ir.serde.serialize_model(result.model))
+    with pytest.raises(ir.passes.PreconditionError, match="relu1: no quantized weight"):
+        StoreLearnedPass({"relu1": np.zeros(3, np.int32)}, {})(model)
+    with pytest.raises(ir.passes.PreconditionError, match="conv1: codes shaped"):
+        StoreLearnedPass({"conv1": np.zeros(3, np.int32)}, {})(model)
+    with pytest.raises(ir.passes.PreconditionError, match="nowhere: no quantized feature"):
+        StoreLearnedPass({}, {"nowhere": np.float32(1)})(model)
+
+
+def test_quantize_with_reconstruct_records_and_improves(tiny_path, sample_images):
+    images = sample_images.head(CALIBRATION)
+    gptq = quantize(modelio.load_model(tiny_path), _config(), images, batch_size=8)
+    config = _config("reconstruct", reconstruct_iterations=150)
+    learned = quantize(modelio.load_model(tiny_path), config, images, batch_size=8)
+    recorded = json.loads(learned.model.metadata_props[metadata.QUANTIZATION])
+    assert recorded["rounding"] == "reconstruct" and recorded["reconstruct_iterations"] == 150
+    assert recorded["bias_correction"] is True
+    assert learned.blocks and all(b.error <= b.start_error for b in learned.blocks)
+    x = _pixels(images)
+    float_out = _ort(modelio.load_model(tiny_path), x)
+    gptq_error = np.mean((_ort(gptq.model, x) - float_out) ** 2)
+    learned_error = np.mean((_ort(learned.model, x) - float_out) ** 2)
+    assert learned_error < gptq_error
+
+
+def test_reconstruct_iterations_are_checked():
+    with pytest.raises(OnnxqError, match="--reconstruct-iters must be at least 0"):
+        _config("reconstruct", reconstruct_iterations=-1)
+
+
+def test_missing_torch_is_one_line_with_the_way_out(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec",
+        lambda name, *args: None if name == "torch" else real_find_spec(name, *args),
+    )
+    with pytest.raises(OnnxqError, match=r"pip install 'onnxq\[reconstruct\]'"):
+        block_reconstruction.require_torch()
+
+
+def test_cli_reconstruct(tiny_path, sample_dir, tmp_path):
+    output = tmp_path / "tiny_rec.onnx"
+    result = onnxq("quantize", tiny_path, "-o", output, "--calib", sample_dir, "--calib-size", 16,
+                   "--wbits", 3, "--scheme", "per-channel-affine", "--rounding", "reconstruct",
+                   "--reconstruct-iters", 2)
+    assert result.returncode == 0, result.stderr
+    model = modelio.load_model(output)
+    config = json.loads(model.metadata_props[metadata.QUANTIZATION])
+    assert config["rounding"] == "reconstruct" and config["reconstruct_iterations"] == 2
+    assert_user_error(
+        onnxq("quantize", tiny_path, "--calib", sample_dir, "--rounding", "reconstruct",
+              "--reconstruct-iters", -1),
+        "--reconstruct-iters",
+    )
+
+
+@pytest.mark.parametrize(
+    "source",
+    [s if s.name in FAST else pytest.param(s, marks=[pytest.mark.slow, pytest.mark.corpus])
+     for s in SOURCES],
+    ids=lambda s: s.name,
+)
+def test_reconstruct_on_models_from_elsewhere(source, tmp_path_factory, sample_images):
+    """Every corpus model reconstructs (a few steps per block), and the written model computes
+    in torch what it computes in ONNX Runtime."""
+    folder = tmp_path_factory.mktemp(f"reconstruct_{source.name}")
+    images = sample_images.head(8)
+    given = preprocessing.resolve(source.preprocess) if source.preprocess else None
+    config = QuantConfig(
+        weights=Scheme.parse("per-channel-affine", bits=4), features=A8, calib_size=8,
+        keep_8bit=("first", "last"), rounding="reconstruct", reconstruct_iterations=3,
+    )
+    output = folder / "reconstructed.onnx"
+    result = quantize_file(source.path(folder), output, config, images, given)
+    assert len(result.blocks) >= 3
+    model = modelio.load_model(output)
+    x = np.stack([modelio.get_preprocessing(model).load(str(p)) for p in images.files[:2]])
+    quantizers = rec._feature_sites(model.graph, drop=0.0)
+    fake_quant = {out: module for outs, module in quantizers.values() for out in outs}
+    with torch.no_grad():
+        ours = _whole(model, fake_quant=fake_quant).eval()(torch.from_numpy(x)).numpy()
+    theirs = np.concatenate([_ort(model, image[None]) for image in x])
+    cosine = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
+    assert cosine.min() > 0.999, cosine
