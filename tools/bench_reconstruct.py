@@ -97,7 +97,7 @@ def main() -> None:
             agree[row].append(predictions == np.asarray(reference.predictions))
             print(f"split {split} {row}: {seconds[row][-1]:.0f} s, top-1 agreement "
                   f"{100 * agree[row][-1].mean():.1f} %", flush=True)
-    _table(rows, correct, agree, seconds, np.concatenate(fp32_correct), args)
+        _table(rows, correct, agree, seconds, np.concatenate(fp32_correct), split + 1, args)
 
 
 def quantize_job(source: str, destination: str, config_dict: dict, images: str) -> None:
@@ -125,8 +125,9 @@ def _cost(args) -> None:
                   f"| {seconds / base_seconds:.1f}× | {peak / base_peak:.2f}× |", flush=True)
 
 
-def _table(rows, correct, agree, seconds, fp32, args) -> None:
-    print(f"\n{args.splits} splits, {len(fp32)} evaluation images in all, "
+def _table(rows, correct, agree, seconds, fp32, splits, args) -> None:
+    """The pooled table of the first ``splits`` splits (printed after each one)."""
+    print(f"\n{splits} splits, {len(fp32)} evaluation images in all, "
           f"fp32 top-1 {100 * fp32.mean():.2f} %, {args.iters} steps per block\n")
     print("| budget | rounding | top-1 | − fp32 (± SE) | agreement with fp32 (± SE) "
           "| quantize s | time ratio |")
