@@ -62,7 +62,7 @@ def _whole(model: ir.Model, **supplied) -> GraphModule:
     return GraphModule(graph, graph.inputs[0].name, graph.outputs[0].name, **supplied)
 
 
-def _ranges(model: ir.Model, result) -> dict[str, tuple[int, int]]:
+def _ranges(result) -> dict[str, tuple[int, int]]:
     return {
         name: integer_range(w.scheme.bits, w.scheme.signed, w.scheme.restricted)
         for name, w in result.weights.items()
@@ -107,7 +107,7 @@ def test_quantized_graph_in_torch_matches_onnx_runtime(quantized_tiny):
     """Hard codes and feature quantizers in eval mode compute what the QDQ graph computes."""
     result, reference, x = quantized_tiny
     model = result.model
-    roundings = rec._weight_sites(model.graph, reference.graph, _ranges(model, result))
+    roundings = rec._weight_sites(model.graph, reference.graph, _ranges(result))
     quantizers = rec._feature_sites(model.graph, drop=0.5)
     assert set(roundings) == {"conv1", "conv2", "dw3", "pw4", "fc"}
     weights = {name: rounding for name, rounding in roundings.values()}
@@ -177,7 +177,7 @@ def learned_tiny(quantized_tiny):
     result, reference, x = quantized_tiny
     model = ir.serde.deserialize_model(ir.serde.serialize_model(result.model))
     settings = rec.Settings(iterations=300, batch=8, crop=16, regularizer=0.1)
-    return model, rec.reconstruct(model, reference, _ranges(model, result), x, settings)
+    return model, rec.reconstruct(model, reference, _ranges(result), x, settings)
 
 
 def test_reconstruction_lowers_every_block_error_below_gptq(learned_tiny):

@@ -22,7 +22,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from onnxq.analysis.blocks import Block, find_blocks
+from onnxq.analysis.blocks import find_blocks
 from onnxq.analysis.constant_dq import broadcast_parameters, constant_array, weight_dequantize
 from onnxq.base import progress
 from onnxq.base.constants import RECONSTRUCT_ITERATIONS
@@ -99,7 +99,15 @@ def reconstruct(
     blocks = find_blocks(reference.graph)
     roundings = _weight_sites(quantized.graph, reference.graph, code_ranges)
     quantizers = _feature_sites(quantized.graph, settings.drop)
-    pairs = [_block_pair(block, quantized, reference, roundings, quantizers) for block in blocks]
+    weights = {name: rounding for name, rounding in roundings.values()}
+    fake_quant = {out: module for outs, module in quantizers.values() for out in outs}
+    pairs = [
+        (
+            GraphModule(quantized.graph, block.input, block.output, weights, fake_quant),
+            GraphModule(reference.graph, block.input, block.output),
+        )
+        for block in blocks
+    ]
     for module in [m for pair in pairs for m in pair]:
         module.to(device)
     x_float = torch.from_numpy(np.ascontiguousarray(images, np.float32)).to(device)
@@ -180,21 +188,6 @@ def _feature_sites(graph: ir.Graph, drop: float) -> dict[str, tuple[list[str], F
         outputs = [reader.outputs[0].name for reader in readers[node.name]]
         sites[node.inputs[0].name] = (outputs, quantizer)
     return sites
-
-
-def _block_pair(
-    block: Block,
-    quantized: ir.Model,
-    reference: ir.Model,
-    roundings: Mapping[str, tuple[str, SoftRounding]],
-    quantizers: Mapping[str, tuple[list[str], FakeQuant]],
-) -> tuple[GraphModule, GraphModule]:
-    """The quantized and the float block as torch modules."""
-    weights = {name: rounding for name, rounding in roundings.values()}
-    fake_quant = {out: module for outs, module in quantizers.values() for out in outs}
-    q_block = GraphModule(quantized.graph, block.input, block.output, weights, fake_quant)
-    f_block = GraphModule(reference.graph, block.input, block.output)
-    return q_block, f_block
 
 
 def _roundings_of(module: GraphModule) -> list[SoftRounding]:

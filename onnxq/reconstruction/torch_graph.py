@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from onnxq.analysis.constant_dq import constant_array
+from onnxq.analysis.graph import values_by_name
 from onnxq.base.errors import OnnxqError
 
 Op = Callable[..., torch.Tensor]
@@ -103,7 +104,10 @@ def _nodes_between(graph: ir.Graph, input: str, output: str, supplied: set[str])
     """The non-constant nodes that compute ``output`` from ``input``, in graph order; a node
     whose output is ``supplied`` is taken as is (its own inputs are not followed)."""
     needed: set[int] = set()
-    stack = [_producer(graph, output)]
+    value = values_by_name(graph).get(output)
+    if value is None or value.producer() is None:
+        raise OnnxqError(f"no node computes {output}")
+    stack = [value.producer()]
     while stack:
         node = stack.pop()
         if node is None or id(node) in needed:
@@ -135,13 +139,6 @@ def quantize_of(dequantize: ir.Node) -> ir.Node | None:
     if producer is not None and producer.op_type == "Clip":
         producer = producer.inputs[0].producer()
     return producer if producer is not None and producer.op_type == "QuantizeLinear" else None
-
-
-def _producer(graph: ir.Graph, name: str) -> ir.Node:
-    for node in graph:
-        if any(value.name == name for value in node.outputs):
-            return node
-    raise OnnxqError(f"no node computes {name}")
 
 
 # --- the ops --------------------------------------------------------------------------------
