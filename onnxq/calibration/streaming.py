@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
+import platform
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from threadpoolctl import threadpool_limits
 
 import numpy as np
 import onnx_ir as ir
@@ -19,6 +26,15 @@ from onnxq.io.preprocessing import Preprocessing
 #: Runtime's CPU throughput barely depends on the batch size.
 CALIBRATION_BATCH = 4
 
+
+#: Threads that run a batch's sinks side by side (NumPy and ONNX Runtime release the GIL).
+#: Each sink's BLAS calls then get an equal share of the cores: on 2 cores, sinks side by side
+#: with one BLAS thread each took EfficientNet-Lite0's GPTQ from 8.2 to 6.3 s, where one sink at
+#: a time with two BLAS threads each, or two sinks with two each, did not help.
+_CORES = os.cpu_count() or 1
+_SINK_THREADS = min(4, _CORES)
+#: glibc's ``mallopt`` option for the most malloc arenas.
+_M_ARENA_MAX = -8
 
 #: Takes one batch's value of a tensor.
 Sink = Callable[[np.ndarray], None]
@@ -57,13 +73,27 @@ def feed(
 ) -> None:
     """Stream ``images`` through ``model`` once; each batch's value of every tensor named in
     ``sinks`` goes to that tensor's sinks and is dropped, so memory does not grow with the
-    image count. Every consumer of one calibration shares the one pass."""
+    image count. Every consumer of one calibration shares the one pass; a batch's consumers run
+    side by side on a few threads (each consumer's own updates stay in batch order)."""
     if not sinks:
         return
-    for outputs in stream(model, list(sinks), images, preprocessing, batch_size, ep, description):
-        for name, consumers in sinks.items():
-            for consume in consumers:
-                consume(outputs[name])
+    _one_malloc_arena()
+    blas_threads = max(1, _CORES // _SINK_THREADS)
+    with ThreadPoolExecutor(_SINK_THREADS) as pool, threadpool_limits(blas_threads, "blas"):
+        for outputs in stream(model, list(sinks), images, preprocessing, batch_size, ep, description):
+            jobs = [pool.submit(consume, outputs[name])
+                    for name, consumers in sinks.items() for consume in consumers]
+            for job in jobs:
+                job.result()
+
+
+@functools.cache
+def _one_malloc_arena() -> None:
+    """Make threads share glibc's main malloc arena. Each thread would otherwise get an arena
+    of its own that keeps the freed patch buffers it served: with the sink threads, ResNet18's
+    GPTQ peaked at 738 MiB instead of 657 (round-to-nearest: 462)."""
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)
 
 
 def collect(
