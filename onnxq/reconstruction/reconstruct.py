@@ -124,8 +124,9 @@ def reconstruct(
         y_float = _outputs(f_block, x_float)
         fresh = [module for module in _quantizers_of(q_block) if id(module) not in learned]
         learned.update(id(module) for module in fresh)
+        block_settings = dataclasses.replace(settings, crop=_crop_side(f_block, x_float, settings))
         start_error, error, kept, y_quant = _reconstruct_block(
-            (q_block, f_block), fresh, (x_quant, x_float), y_float, settings,
+            (q_block, f_block), fresh, (x_quant, x_float), y_float, block_settings,
             f"block {index + 1}/{len(blocks)}",
         )
         records.append(BlockRecord(block.layers, start_error, error, kept,
@@ -322,6 +323,26 @@ def _batch(
     return x_quant[window], target
 
 
+@torch.no_grad()
+def _crop_side(f_block: GraphModule, x: torch.Tensor, settings: Settings) -> int:
+    """The crop side for ``f_block``'s steps: ``settings.crop``, doubled until the block's
+    output on a crop is at least 2×2 (a block that strides and pools a lot, such as AlexNet's
+    first, has no output at all on 32×32); no larger than the input."""
+    if x.dim() != 4:
+        return settings.crop
+    side, full = settings.crop, max(x.shape[-2:])
+    f_block.eval()
+    while side < full:
+        try:
+            output = f_block(x[:1, :, :side, :side])
+            if output.dim() != 4 or min(output.shape[-2:]) >= 2:
+                return side
+        except RuntimeError:  # torch refuses a pooling window larger than its input
+            pass
+        side *= 2
+    return full
+
+
 def _beta(step: int, settings: Settings) -> float | None:
     """The regulariser's exponent at ``step``; None during the warm-up."""
     progress_share = step / max(settings.iterations, 1)
@@ -344,7 +365,8 @@ def _announce(pairs: list[tuple[GraphModule, GraphModule]], x: torch.Tensor,
         for rounding in _roundings_of(q_block):
             rounding.soft = True
         q_block.train()
-        crop = batch[..., : settings.crop, : settings.crop] if batch.dim() == 4 else batch
+        side = _crop_side(f_block, batch, settings)
+        crop = batch[..., :side, :side] if batch.dim() == 4 else batch
         for repeat in range(2):
             start = time.perf_counter()
             q_block(crop).pow(2).mean().backward()
