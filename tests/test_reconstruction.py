@@ -103,6 +103,25 @@ def test_torch_translation_matches_onnx_runtime(seed):
     np.testing.assert_allclose(ours, _ort(proto, x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("count_include_pad", [0, 1])
+@pytest.mark.parametrize("ceil_mode", [0, 1])
+def test_average_pool_with_asymmetric_pads_matches_onnx_runtime(count_include_pad, ceil_mode):
+    """Inception-style pooling: pads only at the bottom and right."""
+    node = onnx.helper.make_node(
+        "AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1],
+        count_include_pad=count_include_pad, ceil_mode=ceil_mode,
+    )
+    graph = onnx.helper.make_graph(
+        [node], "pool", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 19)])
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 9)).astype(np.float32)
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    module = GraphModule(ir.serde.deserialize_model(model).graph, "x", "y")
+    np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_quantized_graph_in_torch_matches_onnx_runtime(quantized_tiny):
     """Hard codes and feature quantizers in eval mode compute what the QDQ graph computes."""
     result, reference, x = quantized_tiny

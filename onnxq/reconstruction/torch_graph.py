@@ -183,12 +183,19 @@ def _max_pool(x, *, kernel_shape, strides=None, pads=None, dilations=None, ceil_
 
 def _average_pool(x, *, kernel_shape, strides=None, pads=None, ceil_mode=0,
                   count_include_pad=0, auto_pad="NOTSET", dilations=None):
+    """ONNX AveragePool. Asymmetric pads are applied as zeros first; unless they count, each
+    window's sum is then divided by its number of real elements (the same pool of ones)."""
     _no_auto_pad(auto_pad)
-    if pads and tuple(pads[:2]) != tuple(pads[2:]):
-        raise OnnxqError("reconstruction does not run AveragePool with asymmetric pads")
-    padding = tuple(pads[:2]) if pads else (0, 0)
-    return F.avg_pool2d(x, kernel_shape, _pair(strides, 1), padding, bool(ceil_mode),
-                        bool(count_include_pad))
+    strides = _pair(strides, 1)
+    if not pads or tuple(pads[:2]) == tuple(pads[2:]):
+        padding = tuple(pads[:2]) if pads else (0, 0)
+        return F.avg_pool2d(x, kernel_shape, strides, padding, bool(ceil_mode),
+                            bool(count_include_pad))
+    pooled = F.avg_pool2d(_padded(x, pads)[0], kernel_shape, strides, 0, bool(ceil_mode), True)
+    if count_include_pad:
+        return pooled
+    real = _padded(torch.ones_like(x[:1, :1]), pads)[0]
+    return pooled / F.avg_pool2d(real, kernel_shape, strides, 0, bool(ceil_mode), True)
 
 
 def _gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
