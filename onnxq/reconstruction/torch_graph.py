@@ -187,11 +187,11 @@ def _average_pool(x, *, kernel_shape, strides=None, pads=None, ceil_mode=0,
     window's sum is then divided by its number of real elements (the same pool of ones)."""
     _no_auto_pad(auto_pad)
     strides = _pair(strides, 1)
-    if not pads or tuple(pads[:2]) == tuple(pads[2:]):
-        padding = tuple(pads[:2]) if pads else (0, 0)
+    padded, padding = _padded(x, pads)
+    if padded is x:  # no pads, or symmetric ones that torch applies
         return F.avg_pool2d(x, kernel_shape, strides, padding, bool(ceil_mode),
                             bool(count_include_pad))
-    pooled = F.avg_pool2d(_padded(x, pads)[0], kernel_shape, strides, 0, bool(ceil_mode), True)
+    pooled = F.avg_pool2d(padded, kernel_shape, strides, 0, bool(ceil_mode), True)
     if count_include_pad:
         return pooled
     real = _padded(torch.ones_like(x[:1, :1]), pads)[0]
