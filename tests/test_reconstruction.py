@@ -207,6 +207,48 @@ def test_reconstruction_lowers_every_block_error_below_gptq(learned_tiny):
         assert block.kept and block.error < block.start_error, block
 
 
+def test_outputs_too_large_to_square_in_float32_reconstruct_finitely(tmp_path, sample_images):
+    """Logits of about 1e30 square beyond float32 (a network of constant weights, such as the
+    light VGG19 of ONNX's model zoo, grows its features to 1e27): errors and codes stay finite."""
+    proto = tiny_cnn()
+    fc = next(t for t in proto.graph.initializer if t.name == "fc.weight")
+    fc.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(fc) * 1e30, fc.name))
+    onnx.save(proto, tmp_path / "huge.onnx")
+    images = sample_images.head(CALIBRATION)
+    result = quantize(modelio.load_model(tmp_path / "huge.onnx"), _config(), images, batch_size=8)
+    settings = rec.Settings(iterations=20, batch=8, crop=16)
+    learned = rec.reconstruct(result.model, modelio.load_model(tmp_path / "huge.onnx"),
+                              _ranges(result), _pixels(images), settings)
+    for block in learned.blocks:
+        assert 0 < block.error <= block.start_error < 1, block
+    assert all(np.isfinite(weight).all() for weight in learned.weights.values())
+    assert all(np.isfinite(scale).all() for scale in learned.scales.values())
+
+
+def test_relative_error_is_taken_in_float64():
+    target = torch.full((2, 3), 1e25)
+    assert rec._relative_error(target * 1.001, target) == pytest.approx(1e-6, rel=1e-3)
+    assert rec._relative_error(torch.zeros(4), torch.zeros(4)) == 0
+    assert rec._relative_error(torch.ones(4), torch.zeros(4)) == float("inf")
+
+
+def test_a_block_whose_steps_diverge_keeps_its_starting_codes(quantized_tiny, monkeypatch):
+    result, reference, x = quantized_tiny
+    model = ir.serde.deserialize_model(ir.serde.serialize_model(result.model))
+
+    def diverge(blocks, roundings, quantizers, *_):
+        with torch.no_grad():
+            for parameter in rec._parameters(roundings, quantizers):
+                parameter.fill_(float("nan"))
+
+    monkeypatch.setattr(rec, "_optimise", diverge)
+    learned = rec.reconstruct(model, reference, _ranges(result), x, rec.Settings(iterations=1))
+    assert not any(block.kept for block in learned.blocks)
+    for name, codes in learned.codes.items():
+        np.testing.assert_array_equal(codes, _codes(model, name))
+    assert all(np.isfinite(scale).all() for scale in learned.scales.values())
+
+
 def test_stored_model_dequantizes_to_the_learned_weights(learned_tiny, tmp_path):
     model, learned = learned_tiny
     assert any((learned.codes[name] != _codes(model, name)).any() for name in learned.codes)

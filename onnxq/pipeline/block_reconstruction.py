@@ -63,8 +63,8 @@ def reconstruct_blocks(
     kept = sum(block.kept for block in result.blocks)
     progress.status(
         f"reconstruction: learned values kept in {kept} of {len(result.blocks)} blocks, output "
-        f"error {_mean(b.start_error for b in result.blocks):.4f} → "
-        f"{_mean(b.error for b in result.blocks):.4f} on average (GPTQ → reconstructed)"
+        f"error {_mean(b.start_error for b in result.blocks):.4g} → "
+        f"{_mean(b.error for b in result.blocks):.4g} on average (GPTQ → reconstructed)"
     )
     StoreLearnedPass(result.codes, result.scales)(model)
     return _with_codes(reference, weights, result.codes), result.blocks

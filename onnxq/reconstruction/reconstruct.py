@@ -213,7 +213,14 @@ def _outputs(module: GraphModule, x: torch.Tensor) -> torch.Tensor:
 
 
 def _relative_error(output: torch.Tensor, target: torch.Tensor) -> float:
-    return float(((output - target) ** 2).sum() / (target**2).sum().clamp_min(1e-30))
+    """‖output − target‖² / ‖target‖², in float64 (features of tens of orders of magnitude,
+    as in a network of constant weights, overflow float32 when squared); 0 for a zero target
+    matched exactly, infinite for one missed."""
+    output, target = output.double(), target.double()
+    error, energy = float(((output - target) ** 2).sum()), float((target**2).sum())
+    if energy == 0:
+        return 0.0 if error == 0 else math.inf
+    return error / energy
 
 
 def _reconstruct_block(
@@ -241,7 +248,7 @@ def _reconstruct_block(
         rounding.soft = False
     outputs = _outputs(q_block, x_quant)
     error = _relative_error(outputs, y_float)
-    if error >= start_error:
+    if not error < start_error:  # also when the steps diverged to NaN
         _restore(roundings, quantizers, saved)
         return start_error, start_error, False, start_outputs
     return start_error, error, True, outputs
@@ -272,8 +279,14 @@ def _optimise(
     description: str,
 ) -> None:
     """AdaRound's schedule: reconstruction loss alone for the warm-up, then with the rounding
-    regulariser whose exponent falls linearly from ``beta[0]`` to ``beta[1]``."""
+    regulariser whose exponent falls linearly from ``beta[0]`` to ``beta[1]``.
+
+    The whole loss is divided by the target's mean square, which Adam does not see but which
+    keeps the squares finite on features as large as 1e27 (ONNX's light VGG19, constant
+    weights)."""
     q_block = blocks[0]
+    energy = float(y_float.double().pow(2).mean()) or 1.0
+    unit, regularizer_weight = math.sqrt(energy), settings.regularizer / energy
     groups = [{"params": [r.logits for r in roundings], "lr": settings.weight_lr}]
     if quantizers:
         groups.append({"params": [q.scale for q in quantizers], "lr": settings.scale_lr})
@@ -287,10 +300,10 @@ def _optimise(
                                note=lambda: f"loss {shown['loss']:.4g}"):
         x_quant, target = _batch(blocks[1], inputs, y_float, settings)
         output = q_block(x_quant)
-        loss = (output - target).pow(2).sum(1).mean()
+        loss = ((output - target) / unit).pow(2).sum(1).mean()
         beta = _beta(step, settings)
         if beta is not None and roundings:
-            loss = loss + settings.regularizer * sum(r.regularizer(beta) for r in roundings)
+            loss = loss + regularizer_weight * sum(r.regularizer(beta) for r in roundings)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
