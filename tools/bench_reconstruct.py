@@ -6,10 +6,14 @@ For each, three roundings on the same splits: nearest, gptq (with bias correctio
 default), reconstruct (``--reconstruct-iters``). 128 calibration images per split, the other
 sample images for evaluation (seeds 0, 1, ...). Per row, pooled over the splits: top-1, its
 paired difference from fp32 on the same images with a standard error, top-1 agreement with
-fp32 with a standard error, and the median quantize time as a ratio to round-to-nearest's.
-Prints a markdown table::
+fp32 with a standard error, its paired difference from GPTQ's agreement, and the median
+quantize time as a ratio to round-to-nearest's. Prints a markdown table::
 
     python tools/bench_reconstruct.py [--splits 3] [--iters 1000] [--budgets W4A8 W4A4]
+
+Each split's predictions are recorded under ``--workdir``/records; ``--seeds 1`` runs one split
+alone, and ``--reuse`` takes the recorded splits instead of running them again, so splits run
+at different times pool into one table (``--seeds 0 1 2 --reuse``).
 
 ``--cost MODEL ...`` measures cost instead: W4A8 quantize time and peak memory of each rounding
 in a fresh process (ResNets with seeded random weights), ``--iters`` steps per block::
@@ -20,6 +24,7 @@ in a fresh process (ResNets with seeded random weights), ``--iters`` steps per b
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
@@ -59,6 +64,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/imagenet-sample")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/onnxq-bench/reconstruct"))
     parser.add_argument("--splits", type=int, default=3)
+    parser.add_argument("--seeds", type=int, nargs="*", help="these splits (default: 0 … --splits−1)")
+    parser.add_argument("--reuse", action="store_true", help="take recorded splits, not run them")
     parser.add_argument("--iters", type=int, default=RECONSTRUCT_ITERATIONS)
     parser.add_argument("--budgets", nargs="*", default=list(FEATURE_BITS), choices=FEATURE_BITS)
     parser.add_argument("--roundings", nargs="*", default=list(ROUNDINGS), choices=ROUNDINGS)
@@ -73,31 +80,42 @@ def main() -> None:
     source = exported_model(args.workdir, "efficientnet_lite0")
     preprocessing = modelio.get_preprocessing(modelio.load_model(source))
     rows = [(budget, rounding) for budget in args.budgets for rounding in args.roundings]
-    correct: dict[tuple[str, str], list[np.ndarray]] = {row: [] for row in rows}
-    agree: dict[tuple[str, str], list[np.ndarray]] = {row: [] for row in rows}
-    seconds: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
-    fp32_correct = []
-    for split in range(args.splits):
-        calibration, evaluation = images.split(CALIBRATION, seed=split)
-        reference = evaluate.evaluate(str(source), evaluation, preprocessing, ep="cpu")
-        labels = np.asarray(evaluation.labels)
-        fp32_correct.append(np.asarray(reference.predictions) == labels)
+    seeds = args.seeds if args.seeds is not None else list(range(args.splits))
+    records: dict[tuple[str, str], list[dict]] = {row: [] for row in rows}
+    for count, seed in enumerate(seeds, 1):
+        calibration, evaluation = images.split(CALIBRATION, seed=seed)
+        reference = None
         for row in rows:
-            output = args.workdir / f"lite0_{row[0]}_{row[1]}.onnx"
-            start = time.perf_counter()
-            quantized = quantize_file(source, output, config(*row, args.iters), calibration)
-            seconds[row].append(time.perf_counter() - start)
-            kept = [block for block in quantized.blocks if block.kept]
-            if quantized.blocks:
-                print(f"  {len(kept)}/{len(quantized.blocks)} blocks kept; output error "
-                      + ", ".join(f"{b.start_error:.3f}→{b.error:.3f}" for b in quantized.blocks))
-            result = evaluate.evaluate(str(output), evaluation, preprocessing, ep="cpu")
-            predictions = np.asarray(result.predictions)
-            correct[row].append(predictions == labels)
-            agree[row].append(predictions == np.asarray(reference.predictions))
-            print(f"split {split} {row}: {seconds[row][-1]:.0f} s, top-1 agreement "
-                  f"{100 * agree[row][-1].mean():.1f} %", flush=True)
-        _table(rows, correct, agree, seconds, np.concatenate(fp32_correct), split + 1, args)
+            path = args.workdir / "records" / f"{row[0]}_{row[1]}_{args.iters}_split{seed}.json"
+            if not (args.reuse and path.exists()):
+                if reference is None:
+                    reference = evaluate.evaluate(str(source), evaluation, preprocessing, ep="cpu")
+                record = _run_split(row, source, calibration, evaluation, reference, args)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(record))
+            records[row].append(json.loads(path.read_text()))
+        _table(rows, records, count, args)
+
+
+def _run_split(row, source, calibration, evaluation, reference, args) -> dict:
+    """Quantize with one row's configuration and evaluate: a record of the split."""
+    output = args.workdir / f"lite0_{row[0]}_{row[1]}.onnx"
+    start = time.perf_counter()
+    quantized = quantize_file(source, output, config(*row, args.iters), calibration)
+    seconds = time.perf_counter() - start
+    if quantized.blocks:
+        kept = sum(block.kept for block in quantized.blocks)
+        print(f"  {kept}/{len(quantized.blocks)} blocks kept; output error "
+              + ", ".join(f"{b.start_error:.3f}→{b.error:.3f}" for b in quantized.blocks))
+    preprocessing = modelio.get_preprocessing(modelio.load_model(source))
+    result = evaluate.evaluate(str(output), evaluation, preprocessing, ep="cpu")
+    labels = np.asarray(evaluation.labels)
+    fp32 = np.asarray(reference.predictions)
+    predictions = np.asarray(result.predictions)
+    print(f"{row}: {seconds:.0f} s, top-1 agreement {100 * (predictions == fp32).mean():.1f} %",
+          flush=True)
+    return {"seconds": seconds, "correct": (predictions == labels).tolist(),
+            "agree": (predictions == fp32).tolist(), "fp32_correct": (fp32 == labels).tolist()}
 
 
 def quantize_job(source: str, destination: str, config_dict: dict, images: str) -> None:
@@ -125,23 +143,31 @@ def _cost(args) -> None:
                   f"| {seconds / base_seconds:.1f}× | {peak / base_peak:.2f}× |", flush=True)
 
 
-def _table(rows, correct, agree, seconds, fp32, splits, args) -> None:
+def _table(rows, records, splits, args) -> None:
     """The pooled table of the first ``splits`` splits (printed after each one)."""
+    pooled = {row: {key: np.concatenate([np.asarray(r[key], float) for r in records[row]])
+                    for key in ("correct", "agree", "fp32_correct")} for row in rows}
+    fp32 = pooled[rows[0]]["fp32_correct"]
     print(f"\n{splits} splits, {len(fp32)} evaluation images in all, "
           f"fp32 top-1 {100 * fp32.mean():.2f} %, {args.iters} steps per block\n")
     print("| budget | rounding | top-1 | − fp32 (± SE) | agreement with fp32 (± SE) "
-          "| quantize s | time ratio |")
-    print("|---|---|---|---|---|---|---|")
+          "| agreement − GPTQ's (± SE) | quantize s | time ratio |")
+    print("|---|---|---|---|---|---|---|---|")
     for budget, rounding in rows:
-        hits = np.concatenate(correct[budget, rounding])
-        same = np.concatenate(agree[budget, rounding])
-        drop = hits.astype(float) - fp32
-        median = statistics.median(seconds[budget, rounding])
-        base = statistics.median(seconds.get((budget, "nearest"), [median]))
-        print(f"| {budget} | {rounding} | {100 * hits.mean():.2f} % "
-              f"| {100 * drop.mean():+.2f} ± {100 * _error(drop):.2f} "
-              f"| {100 * same.mean():.2f} ± {100 * _error(same):.2f} % "
+        hits, same = pooled[budget, rounding]["correct"], pooled[budget, rounding]["agree"]
+        drop = hits - fp32
+        gptq = pooled.get((budget, "gptq"))
+        versus = "" if gptq is None or rounding == "gptq" else _paired(same - gptq["agree"])
+        median = statistics.median(r["seconds"] for r in records[budget, rounding])
+        base = statistics.median(r["seconds"] for r in records.get((budget, "nearest"),
+                                                                   records[budget, rounding]))
+        print(f"| {budget} | {rounding} | {100 * hits.mean():.2f} % | {_paired(drop)} "
+              f"| {100 * same.mean():.2f} ± {100 * _error(same):.2f} % | {versus} "
               f"| {median:.0f} | {median / base:.1f}× |", flush=True)
+
+
+def _paired(differences: np.ndarray) -> str:
+    return f"{100 * differences.mean():+.2f} ± {100 * _error(differences):.2f}"
 
 
 def _error(values: np.ndarray) -> float:
