@@ -31,6 +31,7 @@ from onnxq.pipeline import block_reconstruction, modelio
 from onnxq.pipeline.quantize import quantize, quantize_file
 from onnxq.reconstruction import reconstruct as rec
 from onnxq.reconstruction.learned import FakeQuant, SoftRounding
+from onnxq.reconstruction import torch_graph
 from onnxq.reconstruction.torch_graph import GraphModule
 
 W3 = Scheme.parse("per-channel-affine", bits=3)
@@ -101,6 +102,23 @@ def test_torch_translation_matches_onnx_runtime(seed):
     with torch.no_grad():
         ours = _whole(model)(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(ours, _ort(proto, x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, -1), (1, 1280), (1, 20, -1), (-1, 1280), (0, -1)])
+def test_reshape_of_a_batch_1_export_keeps_the_batch(shape):
+    """A model exported for batch 1 reshapes to ``[1, -1]`` or ``[1, 1280]``: blocks run on
+    batches of any size, so the leading 1 is the batch."""
+    x = torch.arange(4 * 1280, dtype=torch.float32).reshape(4, 1280, 1, 1)
+    reshaped = torch_graph._reshape(x, torch.tensor(shape))
+    assert reshaped.shape[0] == 4
+    torch.testing.assert_close(reshaped.reshape(4, -1), x.reshape(4, -1))
+
+
+def test_reshape_that_does_not_keep_the_batch_is_left_alone():
+    x = torch.zeros(4, 6)
+    assert torch_graph._reshape(x, torch.tensor([2, -1])).shape == (2, 12)
+    assert torch_graph._reshape(x, torch.tensor([3, 8])).shape == (3, 8)
+    assert torch_graph._reshape(x, torch.tensor([1, 24])).shape == (1, 24)
 
 
 @pytest.mark.parametrize("count_include_pad", [0, 1])

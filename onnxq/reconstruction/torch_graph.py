@@ -204,13 +204,19 @@ def _gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
 
 
 def _reshape(x, shape, *, allowzero=0):
-    """ONNX Reshape; a fixed leading size other than ``x``'s (a model exported for batch 1)
-    is taken to be the batch, so blocks run on batches of any size."""
+    """ONNX Reshape; a fixed leading size other than ``x``'s is taken to be the batch, so blocks
+    run on batches of any size: a shape that holds one image of ``x`` per leading index, or a
+    leading 1 beside a -1 (``[1, -1]``, a model exported for batch 1)."""
     dims = [int(d) for d in shape]
     if not allowzero:
         dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
-    if dims and dims[0] not in (-1, x.shape[0]) and -1 not in dims[1:]:
-        if x.numel() == x.shape[0] * math.prod(dims[1:]):
+    if dims and dims[0] not in (-1, x.shape[0]) and x.shape[0] > 0:
+        known = x.shape[0] * math.prod(d for d in dims[1:] if d != -1)
+        if -1 not in dims[1:]:
+            fits = x.numel() == known
+        else:
+            fits = dims[0] == 1 and known > 0 and x.numel() % known == 0
+        if fits:
             dims[0] = x.shape[0]
     return x.reshape(dims)
 
