@@ -6,8 +6,10 @@ For each, three roundings on the same splits: nearest, gptq (with bias correctio
 default), reconstruct (``--reconstruct-iters``). 128 calibration images per split, the other
 sample images for evaluation (seeds 0, 1, ...). Per row, pooled over the splits: top-1, its
 paired difference from fp32 on the same images with a standard error, top-1 agreement with
-fp32 with a standard error, its paired difference from GPTQ's agreement, and the median
-quantize time as a ratio to round-to-nearest's. Prints a markdown table::
+fp32 with a standard error, its paired difference from GPTQ's agreement, the mean KL divergence
+of the softmax from fp32's (``evaluate.logit_divergences``: far less noisy than agreement) and
+its paired difference from GPTQ's, and the median quantize time as a ratio to
+round-to-nearest's. Prints a markdown table::
 
     python tools/bench_reconstruct.py [--splits 3] [--iters 1000] [--budgets W4A8 W4A4]
 
@@ -112,10 +114,13 @@ def _run_split(row, source, calibration, evaluation, reference, args) -> dict:
     labels = np.asarray(evaluation.labels)
     fp32 = np.asarray(reference.predictions)
     predictions = np.asarray(result.predictions)
-    print(f"{row}: {seconds:.0f} s, top-1 agreement {100 * (predictions == fp32).mean():.1f} %",
-          flush=True)
+    divergences = evaluate.logit_divergences(str(source), str(output), evaluation,
+                                             preprocessing, ep="cpu")
+    print(f"{row}: {seconds:.0f} s, top-1 agreement {100 * (predictions == fp32).mean():.1f} %, "
+          f"KL {divergences.mean():.4f}", flush=True)
     return {"seconds": seconds, "correct": (predictions == labels).tolist(),
-            "agree": (predictions == fp32).tolist(), "fp32_correct": (fp32 == labels).tolist()}
+            "agree": (predictions == fp32).tolist(), "fp32_correct": (fp32 == labels).tolist(),
+            "kl": divergences.tolist()}
 
 
 def quantize_job(source: str, destination: str, config_dict: dict, images: str) -> None:
@@ -146,23 +151,30 @@ def _cost(args) -> None:
 def _table(rows, records, splits, args) -> None:
     """The pooled table of the first ``splits`` splits (printed after each one)."""
     pooled = {row: {key: np.concatenate([np.asarray(r[key], float) for r in records[row]])
-                    for key in ("correct", "agree", "fp32_correct")} for row in rows}
+                    for key in ("correct", "agree", "fp32_correct", "kl")} for row in rows}
     fp32 = pooled[rows[0]]["fp32_correct"]
     print(f"\n{splits} splits, {len(fp32)} evaluation images in all, "
           f"fp32 top-1 {100 * fp32.mean():.2f} %, {args.iters} steps per block\n")
     print("| budget | rounding | top-1 | − fp32 (± SE) | agreement with fp32 (± SE) "
-          "| agreement − GPTQ's (± SE) | quantize s | time ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| agreement − GPTQ's (± SE) | KL from fp32 (± SE) | KL − GPTQ's (± SE) "
+          "| quantize s | time ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for budget, rounding in rows:
-        hits, same = pooled[budget, rounding]["correct"], pooled[budget, rounding]["agree"]
+        row = pooled[budget, rounding]
+        hits, same, divergence = row["correct"], row["agree"], row["kl"]
         drop = hits - fp32
         gptq = pooled.get((budget, "gptq"))
-        versus = "" if gptq is None or rounding == "gptq" else _paired(same - gptq["agree"])
+        versus, kl_versus = "", ""
+        if gptq is not None and rounding != "gptq":
+            versus = _paired(same - gptq["agree"])
+            kl_versus = f"{divergence.mean() - gptq['kl'].mean():+.4f} ± " \
+                        f"{_error(divergence - gptq['kl']):.4f}"
         median = statistics.median(r["seconds"] for r in records[budget, rounding])
         base = statistics.median(r["seconds"] for r in records.get((budget, "nearest"),
                                                                    records[budget, rounding]))
         print(f"| {budget} | {rounding} | {100 * hits.mean():.2f} % | {_paired(drop)} "
               f"| {100 * same.mean():.2f} ± {100 * _error(same):.2f} % | {versus} "
+              f"| {divergence.mean():.4f} ± {_error(divergence):.4f} | {kl_versus} "
               f"| {median:.0f} | {median / base:.1f}× |", flush=True)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -121,15 +121,50 @@ def logit_cosines(
     ep: str = "auto",
 ) -> np.ndarray:
     """Per image, the cosine between ``model``'s logits and ``reference``'s (e.g. fp32's)."""
-    sessions = [runtime.create_session(m, ep) for m in (reference, model)]
-    names = [session.get_inputs()[0].name for session in sessions]
     cosines = []
-    batches = data.iter_batches(images, preprocessing, batch_size)
-    for pixels, _ in progress.track(batches, "comparing logits", len(images), lambda b: len(b[0])):
-        a, b = (
-            s.run(None, {name: pixels})[0].reshape(len(pixels), -1).astype(np.float64)
-            for s, name in zip(sessions, names)
-        )
+    for a, b in _paired_logits(reference, model, images, preprocessing, batch_size, ep):
         norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
         cosines.append((a * b).sum(axis=1) / np.maximum(norms, np.finfo(np.float64).tiny))
     return np.concatenate(cosines)
+
+
+def logit_divergences(
+    reference: ir.Model | str,
+    model: ir.Model | str,
+    images: data.ImageSet,
+    preprocessing: Preprocessing,
+    batch_size: int = 32,
+    ep: str = "auto",
+) -> np.ndarray:
+    """Per image, the KL divergence (nats) of ``model``'s softmax from ``reference``'s: a
+    fidelity measure with far less sampling noise than top-1 agreement (every image counts
+    by how much, not only whether, its prediction moved)."""
+    divergences = []
+    for a, b in _paired_logits(reference, model, images, preprocessing, batch_size, ep):
+        log_p, log_q = _log_softmax(a), _log_softmax(b)
+        divergences.append((np.exp(log_p) * (log_p - log_q)).sum(axis=1))
+    return np.concatenate(divergences)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def _paired_logits(
+    reference: ir.Model | str,
+    model: ir.Model | str,
+    images: data.ImageSet,
+    preprocessing: Preprocessing,
+    batch_size: int,
+    ep: str,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches of (``reference``'s, ``model``'s) logits on the same images, float64 ``[N, K]``."""
+    sessions = [runtime.create_session(m, ep) for m in (reference, model)]
+    names = [session.get_inputs()[0].name for session in sessions]
+    batches = data.iter_batches(images, preprocessing, batch_size)
+    for pixels, _ in progress.track(batches, "comparing logits", len(images), lambda b: len(b[0])):
+        yield tuple(
+            s.run(None, {name: pixels})[0].reshape(len(pixels), -1).astype(np.float64)
+            for s, name in zip(sessions, names)
+        )
