@@ -245,9 +245,10 @@ def test_outputs_too_large_to_square_in_float32_reconstruct_finitely(tmp_path, s
 
 def test_relative_error_is_taken_in_float64():
     target = torch.full((2, 3), 1e25)
-    assert rec._relative_error(target * 1.001, target) == pytest.approx(1e-6, rel=1e-3)
-    assert rec._relative_error(torch.zeros(4), torch.zeros(4)) == 0
-    assert rec._relative_error(torch.ones(4), torch.zeros(4)) == float("inf")
+    assert rec._ratio(*rec._squares(target * 1.001, target)) == pytest.approx(1e-6, rel=1e-3)
+    assert rec._ratio(*rec._squares(torch.zeros(4), torch.zeros(4))) == 0
+    assert rec._ratio(*rec._squares(torch.ones(4), torch.zeros(4))) == float("inf")
+    assert rec._mean_square(target) == pytest.approx(1e50, rel=1e-6)
 
 
 def test_a_block_whose_steps_diverge_keeps_its_starting_codes(quantized_tiny, monkeypatch):

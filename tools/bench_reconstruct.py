@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared/data/imagenet-sample")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/onnxq-bench/reconstruct"))
     parser.add_argument("--splits", type=int, default=3)
-    parser.add_argument("--seeds", type=int, nargs="*", help="these splits (default: 0 … --splits−1)")
+    parser.add_argument("--seeds", type=int, nargs="*", help="these splits (default: 0 … splits−1)")
     parser.add_argument("--reuse", action="store_true", help="take recorded splits, not run them")
     parser.add_argument("--iters", type=int, default=RECONSTRUCT_ITERATIONS)
     parser.add_argument("--budgets", nargs="*", default=list(FEATURE_BITS), choices=FEATURE_BITS)

@@ -125,15 +125,16 @@ def reconstruct(
         fresh = [module for module in _quantizers_of(q_block) if id(module) not in learned]
         learned.update(id(module) for module in fresh)
         block_settings = dataclasses.replace(settings, crop=_crop_side(f_block, x_float, settings))
-        start_error, error, kept, y_quant = _reconstruct_block(
+        start_error, error, kept = _reconstruct_block(
             (q_block, f_block), fresh, (x_quant, x_float), y_float, block_settings,
             f"block {index + 1}/{len(blocks)}",
         )
+        x_float = y_float  # the block's float input is freed before its quantized output is made
+        x_quant = _outputs(q_block, x_quant)
         records.append(BlockRecord(block.layers, start_error, error, kept,
                                    time.perf_counter() - start))
         logger.info("block %d (%s): output error %.4g → %.4g%s", index + 1,
                     ", ".join(block.layers), start_error, error, "" if kept else " (not kept)")
-        x_quant, x_float = y_quant, y_float
     codes, weights = {}, {}
     for layer, (_, rounding) in roundings.items():
         rounding.soft = False
@@ -212,12 +213,35 @@ def _outputs(module: GraphModule, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([module(x[i:i + _EVAL_BATCH]) for i in range(0, len(x), _EVAL_BATCH)])
 
 
-def _relative_error(output: torch.Tensor, target: torch.Tensor) -> float:
-    """‖output − target‖² / ‖target‖², in float64 (features of tens of orders of magnitude,
-    as in a network of constant weights, overflow float32 when squared); 0 for a zero target
-    matched exactly, infinite for one missed."""
+@torch.no_grad()
+def _block_error(module: GraphModule, x: torch.Tensor, target: torch.Tensor) -> float:
+    """‖module(x) − target‖² / ‖target‖² over every image of ``x``, a batch at a time (the
+    outputs of all images are never held), in float64: features of tens of orders of
+    magnitude, as in a network of constant weights, overflow float32 when squared."""
+    module.eval()
+    error = energy = 0.0
+    for i in range(0, len(x), _EVAL_BATCH):
+        rows = slice(i, i + _EVAL_BATCH)
+        batch_error, batch_energy = _squares(module(x[rows]), target[rows])
+        error, energy = error + batch_error, energy + batch_energy
+    return _ratio(error, energy)
+
+
+def _mean_square(x: torch.Tensor) -> float:
+    """The mean of ``x``², in float64, a batch at a time."""
+    total = sum(float(x[i:i + _EVAL_BATCH].double().pow(2).sum())
+                for i in range(0, len(x), _EVAL_BATCH))
+    return total / max(x.numel(), 1)
+
+
+def _squares(output: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+    """‖output − target‖² and ‖target‖², in float64."""
     output, target = output.double(), target.double()
-    error, energy = float(((output - target) ** 2).sum()), float((target**2).sum())
+    return float(((output - target) ** 2).sum()), float((target**2).sum())
+
+
+def _ratio(error: float, energy: float) -> float:
+    """The relative error; 0 for a zero target matched exactly, infinite for one missed."""
     if energy == 0:
         return 0.0 if error == 0 else math.inf
     return error / energy
@@ -230,28 +254,26 @@ def _reconstruct_block(
     y_float: torch.Tensor,
     settings: Settings,
     description: str,
-) -> tuple[float, float, bool, torch.Tensor]:
+) -> tuple[float, float, bool]:
     """Optimise the quantized block of ``blocks`` (quantized, float) on ``inputs`` (its own,
-    the float block's); returns its relative error before and after, whether the learned
-    values were kept (they are not when they do not lower the error) and its outputs."""
+    the float block's); returns its relative error before and after and whether the learned
+    values were kept (they are not when they do not lower the error)."""
     q_block, x_quant = blocks[0], inputs[0]
     roundings = _roundings_of(q_block)
     for rounding in roundings:
         rounding.soft = False
-    start_outputs = _outputs(q_block, x_quant)
-    start_error = _relative_error(start_outputs, y_float)
+    start_error = _block_error(q_block, x_quant, y_float)
     if not settings.iterations or not (roundings or quantizers):
-        return start_error, start_error, False, start_outputs
+        return start_error, start_error, False
     saved = _snapshot(roundings, quantizers)
     _optimise(blocks, roundings, quantizers, inputs, y_float, settings, description)
     for rounding in roundings:
         rounding.soft = False
-    outputs = _outputs(q_block, x_quant)
-    error = _relative_error(outputs, y_float)
+    error = _block_error(q_block, x_quant, y_float)
     if not error < start_error:  # also when the steps diverged to NaN
         _restore(roundings, quantizers, saved)
-        return start_error, start_error, False, start_outputs
-    return start_error, error, True, outputs
+        return start_error, start_error, False
+    return start_error, error, True
 
 
 def _snapshot(roundings: list[SoftRounding], quantizers: list[FakeQuant]) -> list[torch.Tensor]:
@@ -285,7 +307,7 @@ def _optimise(
     keeps the squares finite on features as large as 1e27 (ONNX's light VGG19, constant
     weights)."""
     q_block = blocks[0]
-    energy = float(y_float.double().pow(2).mean()) or 1.0
+    energy = _mean_square(y_float) or 1.0
     unit, regularizer_weight = math.sqrt(energy), settings.regularizer / energy
     groups = [{"params": [r.logits for r in roundings], "lr": settings.weight_lr}]
     if quantizers:
