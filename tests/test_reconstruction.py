@@ -161,8 +161,10 @@ def test_soft_rounding_starts_at_the_given_codes_and_rounds_between_two():
     rng = np.random.default_rng(0)
     target = rng.uniform(0, 15, (6, 20)).astype(np.float32)
     codes = np.clip(np.round(target) + rng.integers(-2, 3, target.shape), 0, 15).astype(np.int32)
-    scale, zero_point = np.full(target.shape, 0.1, np.float32), np.full(target.shape, 7, np.float32)
+    scale = np.broadcast_to(np.linspace(0.1, 0.2, 6, dtype=np.float32)[:, None], target.shape)
+    zero_point = np.full(target.shape, 7, np.float32)
     rounding = SoftRounding(target, codes, scale, zero_point, (0, 15), (6, 20))
+    assert rounding.scale.shape == (6, 1) and rounding.zero_point.shape == (1, 1)
     np.testing.assert_array_equal(rounding.hard_codes(), codes)
     rounding.soft = False
     expected = (codes - 7).astype(np.float32) * scale

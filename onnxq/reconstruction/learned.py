@@ -46,8 +46,9 @@ class SoftRounding(torch.nn.Module):
         self.logits = torch.nn.Parameter(torch.from_numpy(np.log(probability / (1 - probability))
                                                           .astype(np.float32)))
         self.register_buffer("base", torch.from_numpy(base))
-        self.register_buffer("scale", torch.from_numpy(np.asarray(scale, np.float32)))
-        self.register_buffer("zero_point", torch.from_numpy(np.asarray(zero_point, np.float32)))
+        self.register_buffer("scale", torch.from_numpy(_compact(np.asarray(scale, np.float32))))
+        self.register_buffer("zero_point",
+                             torch.from_numpy(_compact(np.asarray(zero_point, np.float32))))
         self.low, self.high = code_range
         self.shape = tuple(shape)
         self.soft = True
@@ -71,6 +72,17 @@ class SoftRounding(torch.nn.Module):
         """The codes as the graph stores them (int32, the codes' layout)."""
         codes = torch.clamp(self.base + (self.logits >= 0).to(self.base.dtype), self.low, self.high)
         return codes.detach().cpu().numpy().astype(np.int32)
+
+
+def _compact(array: np.ndarray) -> np.ndarray:
+    """``array`` cut to one slice along every axis it is constant along, so that it broadcasts
+    back to its shape: a per-channel scale laid out to the weight's shape holds one value per
+    channel again (the weight-sized copies cost a network's weights twice over)."""
+    for axis in range(array.ndim):
+        first = np.take(array, [0], axis=axis)
+        if array.shape[axis] > 1 and np.array_equal(array, np.broadcast_to(first, array.shape)):
+            array = first
+    return np.ascontiguousarray(array)
 
 
 class FakeQuant(torch.nn.Module):
