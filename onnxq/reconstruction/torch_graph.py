@@ -50,6 +50,7 @@ class GraphModule(torch.nn.Module):
         )
         self._constants: dict[str, str] = {}  # tensor name → buffer name
         self._steps = [self._step(node, weights, fake_quant) for node in nodes]
+        self._last_reads = _last_reads(self._steps, self.output)
 
     def _step(
         self,
@@ -86,9 +87,25 @@ class GraphModule(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values = {name: getattr(self, buffer) for name, buffer in self._constants.items()}
         values[self.input] = x
-        for op, names, out in self._steps:
+        for (op, names, out), dead in zip(self._steps, self._last_reads):
             values[out] = op(*(None if name is None else values[name] for name in names))
+            for name in dead:  # freed as soon as no later step reads them
+                del values[name]
         return values[self.output]
+
+
+def _last_reads(steps: list[tuple[Op, list[str | None], str]], output: str) -> list[list[str]]:
+    """Per step, the values it reads that no later step reads (``output`` excepted)."""
+    last: dict[str, int] = {}
+    for index, (_, names, _) in enumerate(steps):
+        for name in names:
+            if name is not None:
+                last[name] = index
+    dead: list[list[str]] = [[] for _ in steps]
+    for name, index in last.items():
+        if name != output:
+            dead[index].append(name)
+    return dead
 
 
 def _key(name: str) -> str:
