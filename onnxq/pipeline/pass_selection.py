@@ -135,7 +135,7 @@ def select_passes(
     ``model`` is not modified; each probe is a copy that ``quantize`` quantizes.
     """
     automatic = automatic_passes(config)
-    reference = _softmax_outputs(model, images, preprocessing, ep)
+    reference = _logits(model, images, preprocessing, ep)
     candidates = []
     for count in range(len(automatic), -1, -1):
         for kept in itertools.combinations(automatic, count):
@@ -143,8 +143,8 @@ def select_passes(
             probe = dataclasses.replace(candidate, rounding="nearest", bias_correction=False)
             copy = _clone(model)
             quantize(copy, probe)
-            outputs = _softmax_outputs(copy, images, preprocessing, ep)
-            candidates.append(Candidate(kept, candidate, _kl_per_image(reference, outputs)))
+            logits = _logits(copy, images, preprocessing, ep)
+            candidates.append(Candidate(kept, candidate, kl_per_image(reference, logits)))
     return choose(candidates), candidates
 
 
@@ -152,24 +152,26 @@ def _clone(model: ir.Model) -> ir.Model:
     return ir.serde.deserialize_model(ir.serde.serialize_model(model))
 
 
-def _softmax_outputs(
+def _logits(
     model: ir.Model, images: data.ImageSet, preprocessing: Preprocessing, ep: str
 ) -> np.ndarray:
-    """Softmax of the model's first output over ``images``, ``[N, classes]`` float64."""
+    """The model's first output over ``images``, ``[N, classes]`` float64."""
     session = runtime.create_session(model, ep)
     input_name = session.get_inputs()[0].name
     parts = []
     for pixels, _ in data.iter_batches(images, preprocessing, BATCH):
         logits = session.run(None, {input_name: pixels})[0].astype(np.float64)
-        logits = logits.reshape(len(logits), -1)
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        parts.append(exp / exp.sum(axis=1, keepdims=True))
+        parts.append(logits.reshape(len(logits), -1))
     return np.concatenate(parts)
 
 
-def _kl_per_image(reference: np.ndarray, outputs: np.ndarray) -> np.ndarray:
-    """``KL(reference ‖ outputs)`` of every row."""
-    tiny = np.finfo(np.float64).tiny
-    ratio = np.log(np.maximum(reference, tiny)) - np.log(np.maximum(outputs, tiny))
-    return (reference * ratio).sum(axis=1)
+def kl_per_image(reference_logits: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """``KL(softmax(reference_logits) ‖ softmax(logits))`` of every row, in nats, from
+    log-softmaxes (no probability underflows to zero)."""
+    log_p, log_q = _log_softmax(reference_logits), _log_softmax(logits)
+    return (np.exp(log_p) * (log_p - log_q)).sum(axis=1)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))

@@ -14,6 +14,7 @@ from onnxq.base import host, progress
 from onnxq.base.errors import OnnxqError
 from onnxq.io import data, runtime
 from onnxq.io.preprocessing import Preprocessing
+from onnxq.pipeline import pass_selection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,16 +140,10 @@ def logit_divergences(
     """Per image, the KL divergence (nats) of ``model``'s softmax from ``reference``'s: a
     fidelity measure with far less sampling noise than top-1 agreement (every image counts
     by how much, not only whether, its prediction moved)."""
-    divergences = []
-    for a, b in _paired_logits(reference, model, images, preprocessing, batch_size, ep):
-        log_p, log_q = _log_softmax(a), _log_softmax(b)
-        divergences.append((np.exp(log_p) * (log_p - log_q)).sum(axis=1))
-    return np.concatenate(divergences)
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return np.concatenate([
+        pass_selection.kl_per_image(a, b)
+        for a, b in _paired_logits(reference, model, images, preprocessing, batch_size, ep)
+    ])
 
 
 def _paired_logits(
