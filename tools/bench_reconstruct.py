@@ -7,9 +7,9 @@ default), reconstruct (``--reconstruct-iters``). 128 calibration images per spli
 sample images for evaluation (seeds 0, 1, ...). Per row, pooled over the splits: top-1, its
 paired difference from fp32 on the same images with a standard error, top-1 agreement with
 fp32 with a standard error, its paired difference from GPTQ's agreement, the mean KL divergence
-of the softmax from fp32's (``evaluate.logit_divergences``: far less noisy than agreement) and
-its paired difference from GPTQ's, and the median quantize time as a ratio to
-round-to-nearest's. Prints a markdown table::
+of the softmax from fp32's (per image, from the pass that gives the predictions; far less noisy
+than agreement) and its paired difference from GPTQ's, and the median quantize time as a ratio
+to round-to-nearest's. Prints a markdown table::
 
     python tools/bench_reconstruct.py [--splits 3] [--iters 1000] [--budgets W4A8 W4A4]
 
@@ -40,7 +40,7 @@ from onnxq.core.schemes import Scheme
 from onnxq.experiments.experiment import in_fresh_process
 from onnxq.io import data
 from onnxq.models.export import exported_model
-from onnxq.pipeline import modelio
+from onnxq.pipeline import modelio, pass_selection
 from onnxq.pipeline.quantize import quantize_file
 from onnxq.reporting import evaluate
 
@@ -86,21 +86,19 @@ def main() -> None:
     records: dict[tuple[str, str], list[dict]] = {row: [] for row in rows}
     for count, seed in enumerate(seeds, 1):
         calibration, evaluation = images.split(CALIBRATION, seed=seed)
-        reference = None
         for row in rows:
             path = args.workdir / "records" / f"{row[0]}_{row[1]}_{args.iters}_split{seed}.json"
             if not (args.reuse and path.exists()):
-                if reference is None:
-                    reference = evaluate.evaluate(str(source), evaluation, preprocessing, ep="cpu")
-                record = _run_split(row, source, calibration, evaluation, reference, args)
+                record = _run_split(row, source, calibration, evaluation, preprocessing, args)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(record))
             records[row].append(json.loads(path.read_text()))
         _table(rows, records, count, args)
 
 
-def _run_split(row, source, calibration, evaluation, reference, args) -> dict:
-    """Quantize with one row's configuration and evaluate: a record of the split."""
+def _run_split(row, source, calibration, evaluation, preprocessing, args) -> dict:
+    """Quantize with one row's configuration and evaluate it beside fp32 in one pass over the
+    evaluation images: a record of the split."""
     output = args.workdir / f"lite0_{row[0]}_{row[1]}.onnx"
     start = time.perf_counter()
     quantized = quantize_file(source, output, config(*row, args.iters), calibration)
@@ -109,13 +107,12 @@ def _run_split(row, source, calibration, evaluation, reference, args) -> dict:
         kept = sum(block.kept for block in quantized.blocks)
         print(f"  {kept}/{len(quantized.blocks)} blocks kept; output error "
               + ", ".join(f"{b.start_error:.3f}→{b.error:.3f}" for b in quantized.blocks))
-    preprocessing = modelio.get_preprocessing(modelio.load_model(source))
-    result = evaluate.evaluate(str(output), evaluation, preprocessing, ep="cpu")
+    batches = list(evaluate.paired_logits(str(source), str(output), evaluation, preprocessing,
+                                          batch_size=32, ep="cpu"))
+    fp32 = np.concatenate([a.argmax(axis=1) for a, _ in batches])
+    predictions = np.concatenate([b.argmax(axis=1) for _, b in batches])
+    divergences = np.concatenate([pass_selection.kl_per_image(a, b) for a, b in batches])
     labels = np.asarray(evaluation.labels)
-    fp32 = np.asarray(reference.predictions)
-    predictions = np.asarray(result.predictions)
-    divergences = evaluate.logit_divergences(str(source), str(output), evaluation,
-                                             preprocessing, ep="cpu")
     print(f"{row}: {seconds:.0f} s, top-1 agreement {100 * (predictions == fp32).mean():.1f} %, "
           f"KL {divergences.mean():.4f}", flush=True)
     return {"seconds": seconds, "correct": (predictions == labels).tolist(),

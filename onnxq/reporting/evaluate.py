@@ -123,7 +123,7 @@ def logit_cosines(
 ) -> np.ndarray:
     """Per image, the cosine between ``model``'s logits and ``reference``'s (e.g. fp32's)."""
     cosines = []
-    for a, b in _paired_logits(reference, model, images, preprocessing, batch_size, ep):
+    for a, b in paired_logits(reference, model, images, preprocessing, batch_size, ep):
         norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
         cosines.append((a * b).sum(axis=1) / np.maximum(norms, np.finfo(np.float64).tiny))
     return np.concatenate(cosines)
@@ -142,11 +142,11 @@ def logit_divergences(
     by how much, not only whether, its prediction moved)."""
     return np.concatenate([
         pass_selection.kl_per_image(a, b)
-        for a, b in _paired_logits(reference, model, images, preprocessing, batch_size, ep)
+        for a, b in paired_logits(reference, model, images, preprocessing, batch_size, ep)
     ])
 
 
-def _paired_logits(
+def paired_logits(
     reference: ir.Model | str,
     model: ir.Model | str,
     images: data.ImageSet,
