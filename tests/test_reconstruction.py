@@ -210,6 +210,25 @@ def test_dropped_elements_keep_their_float_value():
     assert torch.equal(quantizer.eval()(x), torch.clamp(torch.round(x / 0.5), 0, 3) * 0.5)
 
 
+def _learned_step(magnitude: float) -> float:
+    """The scale a lone feature quantizer learns, in 50 steps, on features of ``magnitude``."""
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 4, 4) * 3 * magnitude
+    quantizer = FakeQuant(np.float32(0.5 * magnitude), np.float32(0), (0, 3))
+    rec._optimise((quantizer, torch.nn.Identity()), [], [quantizer], (x, x), x,
+                  rec.Settings(iterations=50, batch=4), "")
+    return float(quantizer.scale)
+
+
+def test_feature_scales_learn_in_steps_relative_to_their_size():
+    """Scales of 4-bit features are ten or more times those of 8-bit features: the same
+    problem a hundred times larger learns a scale a hundred times larger, not one stuck near
+    its start (an absolute learning rate moved 4-bit scales a seventeenth as far)."""
+    small, large = _learned_step(1.0), _learned_step(100.0)
+    assert abs(small - 0.5) > 0.05  # it moved
+    assert large == pytest.approx(100 * small, rel=1e-4)
+
+
 @pytest.fixture(scope="module")
 def learned_tiny(quantized_tiny):
     """A copy of the quantized tiny CNN and what reconstruction learned for it."""
