@@ -217,7 +217,7 @@ def _learned_step(magnitude: float) -> float:
     quantizer = FakeQuant(np.float32(0.5 * magnitude), np.float32(0), (0, 3))
     rec._optimise((quantizer, torch.nn.Identity()), [], [quantizer], (x, x), x,
                   rec.Settings(iterations=50, batch=4), "")
-    return float(quantizer.scale)
+    return float(quantizer.scale.detach())
 
 
 def test_feature_scales_learn_in_steps_relative_to_their_size():
