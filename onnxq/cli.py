@@ -15,7 +15,7 @@ from onnxq import __version__, failures
 from onnxq.base import outputs, progress
 from onnxq.base.constants import RECONSTRUCT_ITERATIONS
 from onnxq.base.errors import OnnxqError
-from onnxq.core.schemes import scheme_names
+from onnxq.core.schemes import Observer, scheme_names
 
 app = typer.Typer(
     name="onnxq",
@@ -88,7 +88,7 @@ def quantize(
     fbits: Annotated[int, typer.Option(help="Feature (activation) bits (2..8).")] = 8,
     f_scheme: Annotated[str, typer.Option("--f-scheme", help=f"Feature scheme: {SCHEMES}.")] = "per-tensor-affine",
     f_gs: Annotated[Optional[int], typer.Option("--f-gs", help="Feature group size in channels (per-group).")] = None,
-    f_observer: Annotated[str, typer.Option("--f-observer", help="Feature observer: minmax, mse, percentile.")] = "minmax",
+    f_observer: Annotated[str, typer.Option("--f-observer", help="Feature observer: minmax, mse, percentile, or auto (mse for features under 8 bits, minmax at 8).")] = "auto",
     percentile: Annotated[float, typer.Option(help="Percentile for the percentile observers.")] = 99.99,
     symmetric_range: Annotated[str, typer.Option("--symmetric-range", help="Grid of symmetric schemes: restricted (codes ±(2^(b-1)-1), scale absmax/(2^(b-1)-1): both extremes representable) or full (codes -2^(b-1)..2^(b-1)-1, scale 2·absmax/(2^b-1): the positive extreme clips by half a step).")] = "restricted",
     weight_only: Annotated[bool, typer.Option("--weight-only", help="Keep features in float.")] = False,
@@ -108,7 +108,7 @@ def quantize(
     verify: Annotated[bool, typer.Option("--verify", help="Check that --smooth/--reorder keep the float outputs (max relative difference 1e-4).")] = False,
     select_passes: Annotated[bool, typer.Option("--select-passes/--no-select-passes", help="With --smooth (alpha auto) or --reorder auto: probe every on/off combination of those passes and keep a pass only where the quantized outputs on the calibration images come clearly closer to fp32 (KL lower by two standard errors).")] = True,
     calib_size: Annotated[int, typer.Option(min=1, help="Calibration images (a seeded sample).")] = 128,
-    keep_8bit: Annotated[str, typer.Option("--keep-8bit", help="Layers kept at 8 bit: first, last, depthwise, node names or op types, comma-separated.")] = "",
+    keep_8bit: Annotated[str, typer.Option("--keep-8bit", help="Layers kept at 8 bit: first, last, depthwise (every depthwise Conv), depthwise3x3 (those with 3x3 kernels), node names or op types, comma-separated.")] = "",
     ops: Annotated[str, typer.Option(help="Op types whose inputs are quantized, comma-separated (add Add, GlobalAveragePool, ... to quantize their inputs too).")] = "Conv,Gemm,MatMul",
     f_placement: Annotated[str, typer.Option("--f-placement", help="Where feature Q/DQ go: inputs (of --ops), fused (inputs and outputs of every op with an integer kernel: the layout ONNX Runtime runs as int8 kernels) or auto (fused for 8-bit weights and features, else inputs).")] = "auto",
     preprocess: Annotated[Optional[str], typer.Option(help="Override the model's preprocessing: torchvision, efficientnet-lite, inception, caffe or JSON (resize, crop, interpolation, mean, std, channels rgb|bgr, input_range 1|255).")] = None,
@@ -127,7 +127,8 @@ def quantize(
         symmetric_range=symmetric_range,
     )
     features = None if weight_only else Scheme.parse(
-        f_scheme, bits=fbits, group_size=f_gs, observer=f_observer, percentile=percentile,
+        f_scheme, bits=fbits, group_size=f_gs, observer=feature_observer(f_observer, fbits),
+        percentile=percentile,
         symmetric_range=symmetric_range,
     )
     config = QuantConfig(
@@ -155,6 +156,17 @@ def quantize(
         select_passes,
     )
     _print_quantize_summary(result, output)
+
+
+def feature_observer(name: str, bits: int) -> str:
+    """``--f-observer``: ``auto`` is ``mse`` under 8 bits, where min/max wastes most of a coarse
+    grid on a feature's rare extremes, and ``minmax`` at 8 bits and more."""
+    if name == "auto":
+        return "mse" if bits < 8 else "minmax"
+    known = [observer.value for observer in Observer]
+    if name not in known:
+        raise OnnxqError(f"unknown --f-observer {name!r} (choose from {', '.join(known)}, auto)")
+    return name
 
 
 def _decomposition(decompose_scales: bool, scale_bits: int | None) -> dict:

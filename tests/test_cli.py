@@ -9,6 +9,7 @@ import sys
 import onnx
 import pytest
 
+from onnxq.base import metadata
 from onnxq.io import data
 from onnxq.io.preprocessing import PRESETS
 from onnxq.pipeline import modelio
@@ -50,6 +51,7 @@ def not_onnx(tmp_path):
         (["{tiny}", "--calib", "{tmp}/nowhere"], "no such folder"),
         (["{tiny}", "--weight-only", "--keep-8bit", "conv99"], "--keep-8bit"),
         (["{tiny}", "--weight-only", "--ops", "Conv,Softmax"], "cannot quantize op type"),
+        (["{tiny}", "--f-observer", "median"], "unknown --f-observer 'median'"),
     ],
 )
 def test_quantize_user_errors_leave_no_output(tmp_path, tiny_path, not_onnx, args, fragment):
@@ -94,6 +96,17 @@ def test_default_output_name(tmp_path, tiny_path):
     result = onnxq("-q", "quantize", model, "--weight-only", "--wbits", 4, "--scheme", "per-channel-affine")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "net_w4a32.onnx").exists()
+
+
+@pytest.mark.parametrize(("fbits", "observer"), [(4, "mse"), (6, "mse"), (8, "minmax")])
+def test_feature_observer_defaults_to_mse_under_8_bits(tmp_path, tiny_path, sample_dir, fbits, observer):
+    output = tmp_path / "q.onnx"
+    result = onnxq("-q", "quantize", tiny_path, "-o", output, "--calib", sample_dir,
+                   "--calib-size", 4, "--wbits", 8, "--fbits", fbits)
+    assert result.returncode == 0, result.stderr
+    assert f"feature tensors ({fbits}-bit per-tensor-affine ({observer}))" in result.stdout
+    recorded = json.loads(modelio.load_model(output).metadata_props[metadata.QUANTIZATION])
+    assert recorded["features"]["observer"] == observer
 
 
 def test_verbose_logs_what_each_pass_changed(tmp_path, tiny_path, sample_dir):

@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 from tiny_models import TINY_PREPROCESSING
 
+from onnxq.analysis.plan import make_plan
 from onnxq.core import quant_math
 from onnxq.core.config import QuantConfig
 from onnxq.core.schemes import Granularity, Scheme, scheme_names
@@ -179,6 +180,18 @@ def test_keep_8bit_depthwise_names_every_depthwise_conv(tiny_path, sample_images
     result = quantize(model, config)
     bits = {t.node: t.scheme.bits for t in result.plan.weights}
     assert bits == {"conv1": 4, "conv2": 4, "dw3": 8, "pw4": 4, "fc": 8}
+
+
+def test_keep_8bit_depthwise3x3_names_the_3x3_depthwise_convs(effnet_path):
+    """EfficientNet-Lite0 has 16 depthwise Convs: 7 with 3×3 kernels, 9 with 5×5."""
+    model = modelio.load_model(effnet_path)
+    kernels = {n.name: tuple(n.inputs[1].shape[2:]) for n in model.graph
+               if n.op_type == "Conv" and n.attributes.get_int("group", 1) > 1}
+    config = QuantConfig(weights=Scheme.parse("per-channel-affine", bits=4),
+                         keep_8bit=("depthwise3x3",))
+    eight_bit = {t.node for t in make_plan(model, config).weights if t.scheme.bits == 8}
+    assert eight_bit == {name for name, kernel in kernels.items() if kernel == (3, 3)}
+    assert len(eight_bit) == 7 and len(kernels) == 16
 
 
 def test_extra_ops_quantize_their_inputs(tiny_path, sample_images):

@@ -179,17 +179,7 @@ def full_range_w8a8() -> QuantConfig:
     return dataclasses.replace(onnxq_config(8, "per-channel-symmetric", placement="fused"), weights=weights)
 
 
-def small_depthwise(model_path: Path) -> tuple[str, ...]:
-    """The depthwise 3×3 Convs: 9 weights per channel, so a 4-bit scale costs 4 bits each."""
-    model = modelio.load_model(model_path)
-    return tuple(
-        node.name for node in model.graph
-        if node.op_type == "Conv" and node.attributes.get_int("group", 1) > 1
-        and tuple(node.attributes.get_ints("kernel_shape", ())) == (3, 3)
-    )
-
-
-def effnet_rows(quick: bool, model_path: Path) -> list[Row]:
+def effnet_rows(quick: bool) -> list[Row]:
     methods = ("MinMax",) if quick else ("MinMax", "Entropy", "Percentile")
     rows = [ort_row("W8A8", method, 8) for method in methods]
     rows += [ort_row("W4A8", method, 4) for method in methods]
@@ -216,7 +206,7 @@ def effnet_rows(quick: bool, model_path: Path) -> list[Row]:
         if label:
             rows.append(onnxq_row("W4A8", f"{grain}, minmax, {label}", config))
     label, rounded = with_techniques(onnxq_config(4, "per-channel-affine"), ROUNDING)
-    kept = ("first", "last") + small_depthwise(model_path)
+    kept = ("first", "last", "depthwise3x3")
     mixed = dataclasses.replace(rounded, keep_8bit=kept)
     prefix = f"per-channel, minmax, {label + ', ' if label else ''}8-bit first/last/dw3×3"
     rows.append(onnxq_row("W4A8", prefix, mixed))
@@ -559,8 +549,9 @@ def main() -> None:
         print(table)
         return
 
+    prepare("efficientnet_lite0", args.workdir)
     measured, fp32, fp32_speed = benchmark_model(
-        "efficientnet_lite0", effnet_rows(args.quick, prepare("efficientnet_lite0", args.workdir)), images, args.workdir, args.repeats, True
+        "efficientnet_lite0", effnet_rows(args.quick), images, args.workdir, args.repeats, True
     )
     fp32_path = args.workdir / "efficientnet_lite0.onnx"
     preprocessing = modelio.get_preprocessing(modelio.load_model(fp32_path))

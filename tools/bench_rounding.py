@@ -31,8 +31,6 @@ from onnxq.reporting import accounting, evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION = 128
-#: Depthwise 3×3 layers of EfficientNet-Lite0 (9 weights per channel: a scale costs 4 bits each).
-DEPTHWISE_3X3 = tuple(f"_blocks.{i}._depthwise_conv" for i in (0, 1, 2, 5, 6, 7, 15))
 METHODS = [("nearest", False), ("nearest", True), ("gptq", False), ("gptq", True)]
 
 
@@ -71,8 +69,8 @@ SENSITIVE = (
 MIXED = [
     config("per-channel-affine", None, True, "gptq", True, ("last",)),
     config("per-channel-symmetric", None, True, "gptq", True, ("last",)),
-    config("per-channel-affine", None, True, "nearest", True, ("first", "last") + DEPTHWISE_3X3),
-    config("per-channel-affine", None, True, "gptq", True, ("first", "last") + DEPTHWISE_3X3),
+    config("per-channel-affine", None, True, "nearest", True, ("first", "last", "depthwise3x3")),
+    config("per-channel-affine", None, True, "gptq", True, ("first", "last", "depthwise3x3")),
     config("per-channel-affine", None, True, "nearest", True, ("last",) + SENSITIVE),
     config("per-channel-affine", None, True, "gptq", True, ("last",) + SENSITIVE),
     config("per-channel-affine", None, False, "gptq", True, ("last",) + SENSITIVE),
@@ -98,7 +96,7 @@ def describe(row: QuantConfig) -> list[str]:
 
 def _short(names: tuple[str, ...]) -> list[str]:
     """Layer lists as the table names them."""
-    for group, label in ((SENSITIVE, f"{len(SENSITIVE)} sensitive"), (DEPTHWISE_3X3, "dw3x3")):
+    for group, label in ((SENSITIVE, f"{len(SENSITIVE)} sensitive"), (("depthwise3x3",), "dw3x3")):
         if set(group) <= set(names):
             names = tuple(n for n in names if n not in group) + (label,)
     return list(names)
