@@ -15,7 +15,7 @@ from onnxq import __version__, failures
 from onnxq.base import outputs, progress
 from onnxq.base.constants import RECONSTRUCT_ITERATIONS
 from onnxq.base.errors import OnnxqError
-from onnxq.core.schemes import Observer, scheme_names
+from onnxq.core.schemes import feature_observer, scheme_names
 
 app = typer.Typer(
     name="onnxq",
@@ -156,17 +156,6 @@ def quantize(
         select_passes,
     )
     _print_quantize_summary(result, output)
-
-
-def feature_observer(name: str, bits: int) -> str:
-    """``--f-observer``: ``auto`` is ``mse`` under 8 bits, where min/max wastes most of a coarse
-    grid on a feature's rare extremes, and ``minmax`` at 8 bits and more."""
-    if name == "auto":
-        return "mse" if bits < 8 else "minmax"
-    known = [observer.value for observer in Observer]
-    if name not in known:
-        raise OnnxqError(f"unknown --f-observer {name!r} (choose from {', '.join(known)}, auto)")
-    return name
 
 
 def _decomposition(decompose_scales: bool, scale_bits: int | None) -> dict:

@@ -51,7 +51,7 @@ def not_onnx(tmp_path):
         (["{tiny}", "--calib", "{tmp}/nowhere"], "no such folder"),
         (["{tiny}", "--weight-only", "--keep-8bit", "conv99"], "--keep-8bit"),
         (["{tiny}", "--weight-only", "--ops", "Conv,Softmax"], "cannot quantize op type"),
-        (["{tiny}", "--f-observer", "median"], "unknown --f-observer 'median'"),
+        (["{tiny}", "--f-observer", "median"], "unknown feature observer 'median'"),
     ],
 )
 def test_quantize_user_errors_leave_no_output(tmp_path, tiny_path, not_onnx, args, fragment):

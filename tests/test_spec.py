@@ -67,6 +67,21 @@ def test_rows_grids_and_defaults(spec_with):
     assert spec.calibration_size == 128
 
 
+def test_feature_observer_auto_and_the_seeds_default(spec_with):
+    """Rows take ``f_observer = "auto"`` as the command line does (mse under 8 bits); without
+    it a row keeps the seed's min/max, so the seed's tables reproduce."""
+    spec = load_spec(spec_with(
+        """
+        [[table]]
+        rows = [{ fbits = [4, 8], f_observer = "auto" }, { fbits = 4 }]
+        """
+    ))
+    configs = [row.run.config for row in spec.tables[0].rows[1:]]
+    assert [(c.features.bits, c.features.observer.value) for c in configs] == [
+        (4, "mse"), (8, "minmax"), (4, "minmax"),
+    ]
+
+
 def test_references(spec_with):
     spec = load_spec(spec_with(
         """
@@ -130,6 +145,7 @@ def test_every_quant_config_field_is_a_row_key():
         ("[[table]]\nrows = [{}]", 'export = "resnet18"', "either 'path'"),
         ("", "", "no [[table]] entries"),
         ("[[table]]\nrows = [{ keep_8bit = 8 }]", "", "comma-separated"),
+        ("[[table]]\nrows = [{ f_observer = 'median' }]", "", "unknown feature observer 'median'"),
         ("[[table]]\nrows = [{}\n", "", "not valid TOML"),
     ],
 )

@@ -20,7 +20,7 @@ from typing import Any
 
 from onnxq.base.errors import OnnxqError
 from onnxq.core.config import QuantConfig
-from onnxq.core.schemes import Scheme
+from onnxq.core.schemes import Scheme, feature_observer
 from onnxq.experiments.tables import REFERENCE_STYLES, SPEC_COLUMNS, SWEEP_HEADER
 
 if sys.version_info >= (3, 11):
@@ -28,7 +28,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-#: Row keys that build the weight and feature schemes, with the ``onnxq quantize`` defaults.
+#: Row keys that build the weight and feature schemes, with the ``onnxq quantize`` defaults but
+#: one: ``f_observer`` is ``minmax``, the seed's, where the command line picks ``auto``.
 SCHEME_DEFAULTS: dict[str, Any] = {
     "wbits": 8,
     "scheme": "per-channel-symmetric",
@@ -369,7 +370,8 @@ def build_config(where: str, knobs: Mapping[str, Any]) -> QuantConfig:
                 _of(where, settings, "f_scheme", str),
                 bits=_of(where, settings, "fbits", int),
                 group_size=_of(where, settings, "f_gs", int),
-                observer=_of(where, settings, "f_observer", str),
+                observer=feature_observer(_of(where, settings, "f_observer", str),
+                                          _of(where, settings, "fbits", int)),
                 percentile=_of(where, settings, "percentile", float),
                 symmetric_range=_of(where, settings, "symmetric_range", str),
             )
