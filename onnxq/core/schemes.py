@@ -25,18 +25,6 @@ class Observer(str, enum.Enum):
 
 
 MIN_BITS, MAX_BITS = 2, 8
-
-
-def feature_observer(name: str, bits: int) -> str:
-    """A feature observer by name, where ``auto`` is ``mse`` under 8 bits (min/max spends most
-    of a coarse grid on a feature's rare extremes: W4A4 EfficientNet-Lite0 with GPTQ, 62.8 % top-1
-    with min/max ranges, 75.4 % with MSE ones) and ``minmax`` at 8 bits."""
-    if name == "auto":
-        return Observer.MSE.value if bits < 8 else Observer.MINMAX.value
-    known = [observer.value for observer in Observer]
-    if name not in known:
-        raise OnnxqError(f"unknown feature observer {name!r} (choose from {', '.join(known)}, auto)")
-    return name
 #: Symmetric grids: ``restricted`` codes ``±(2^(b−1)−1)`` with ``scale = absmax/(2^(b−1)−1)``, so
 #: both extremes are representable (ONNX Runtime's int8 weights, PyTorch's qnnpack/x86 weight
 #: observers); ``full`` codes ``[−2^(b−1), 2^(b−1)−1]`` with ``scale = 2·absmax/(2^b−1)``, which
@@ -171,3 +159,15 @@ def reduced_range(scheme: Scheme) -> Scheme:
 def scheme_names() -> list[str]:
     """All scheme names the CLI accepts."""
     return [f"per-{g.value}-{k}" for g in Granularity for k in ("affine", "symmetric")]
+
+
+def feature_observer(name: str, bits: int) -> str:
+    """A feature observer by name, where ``auto`` is ``mse`` under 8 bits (min/max spends most
+    of a coarse grid on a feature's rare extremes: W4A4 EfficientNet-Lite0 with GPTQ, 62.8 % top-1
+    with min/max ranges, 75.4 % with MSE ones) and ``minmax`` at 8 bits."""
+    if name == "auto":
+        return Observer.MSE.value if bits < 8 else Observer.MINMAX.value
+    known = [observer.value for observer in Observer]
+    if name not in known:
+        raise OnnxqError(f"unknown feature observer {name!r} (choose from {', '.join(known)}, auto)")
+    return name
