@@ -125,7 +125,7 @@ def _run_split(row, source, calibration, evaluation, preprocessing, args) -> dic
     labels = np.asarray(evaluation.labels)
     print(f"{row}: {seconds:.0f} s, top-1 agreement {100 * (predictions == fp32).mean():.1f} %, "
           f"KL {divergences.mean():.4f}", flush=True)
-    bits = accounting.account(modelio.load_model(output)).equivalent_bits
+    bits = accounting.account(quantized.model).equivalent_bits
     return {"seconds": seconds, "bits": bits, "correct": (predictions == labels).tolist(),
             "agree": (predictions == fp32).tolist(), "fp32_correct": (fp32 == labels).tolist(),
             "kl": divergences.tolist()}

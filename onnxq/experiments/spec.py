@@ -366,12 +366,12 @@ def build_config(where: str, knobs: Mapping[str, Any]) -> QuantConfig:
         )
         features = None
         if not _of(where, settings, "weight_only", bool):
+            feature_bits = _of(where, settings, "fbits", int)
             features = Scheme.parse(
                 _of(where, settings, "f_scheme", str),
-                bits=_of(where, settings, "fbits", int),
+                bits=feature_bits,
                 group_size=_of(where, settings, "f_gs", int),
-                observer=feature_observer(_of(where, settings, "f_observer", str),
-                                          _of(where, settings, "fbits", int)),
+                observer=feature_observer(_of(where, settings, "f_observer", str), feature_bits),
                 percentile=_of(where, settings, "percentile", float),
                 symmetric_range=_of(where, settings, "symmetric_range", str),
             )
