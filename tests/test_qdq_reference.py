@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -9,6 +11,7 @@ import onnxruntime as ort
 import pytest
 from tiny_models import TINY_PREPROCESSING
 
+from onnxq.analysis.graph import downsampling
 from onnxq.analysis.plan import make_plan
 from onnxq.core import quant_math
 from onnxq.core.config import QuantConfig
@@ -192,6 +195,47 @@ def test_keep_8bit_depthwise3x3_names_the_3x3_depthwise_convs(effnet_path):
     eight_bit = {t.node for t in make_plan(model, config).weights if t.scheme.bits == 8}
     assert eight_bit == {name for name, kernel in kernels.items() if kernel == (3, 3)}
     assert len(eight_bit) == 7 and len(kernels) == 16
+
+
+def test_keep_8bit_highres_names_the_layers_on_112_and_56_pixel_maps(effnet_path):
+    """Against ONNX shape inference: the weighted layers whose output is at least 224/4 pixels
+    high are the stem and blocks 0-2 (and block 3's expansion), ten Convs; not the classifier."""
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(effnet_path)))
+    heights = {info.name: info.type.tensor_type.shape.dim[2].dim_value
+               for info in proto.graph.value_info if len(info.type.tensor_type.shape.dim) == 4}
+    large = {node.name for node in proto.graph.node
+             if node.op_type == "Conv" and heights[node.output[0]] >= 224 // 4}
+    config = QuantConfig(weights=Scheme.parse("per-channel-affine", bits=4), keep_8bit=("highres",))
+    model = modelio.load_model(effnet_path)
+    eight_bit = {t.node for t in make_plan(model, config).weights if t.scheme.bits == 8}
+    assert eight_bit == large
+    assert len(eight_bit) == 10 and "_conv_stem" in eight_bit and "_blocks.3._expand_conv" in eight_bit
+
+
+def test_downsampling_follows_strides_and_ends_at_global_pools():
+    """A gate from a global pool does not shrink the map it multiplies; the head is not a map."""
+    helper = onnx.helper
+    weights = [onnx.numpy_helper.from_array(np.ones(shape, np.float32), name)
+               for name, shape in [("w1", (4, 3, 3, 3)), ("w2", (4, 4, 1, 1)), ("w3", (4, 4, 3, 3)),
+                                   ("fc", (4, 2))]]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["a"], name="stem", strides=[2, 2], pads=[1] * 4),
+        helper.make_node("MaxPool", ["a"], ["b"], name="pool", kernel_shape=[3, 3], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["b"], ["s"], name="squeeze"),
+        helper.make_node("Conv", ["s", "w2"], ["g"], name="excite"),
+        helper.make_node("Mul", ["b", "g"], ["c"], name="gate"),
+        helper.make_node("Conv", ["c", "w3"], ["d"], name="down", strides=[1, 2], pads=[1] * 4),
+        helper.make_node("Flatten", ["d"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "fc"], ["logits"], name="head"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3, "h", "w"])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, None)], weights)
+    model = ir.serde.deserialize_model(helper.make_model(graph))
+    assert downsampling(model.graph) == {
+        "stem": 2, "pool": 4, "squeeze": math.inf, "excite": math.inf, "gate": 4, "down": 8,
+        "flatten": math.inf, "head": math.inf,
+    }
 
 
 def test_extra_ops_quantize_their_inputs(tiny_path, sample_images):

@@ -2,17 +2,19 @@
 
 Two bit budgets: W4A8 (per-channel-affine weights, per-tensor-affine 8-bit features, first and
 last layers at 8 bits) and W4A4 (4-bit per-tensor features; first and last layers at 8 bits),
-and two variants on request: W4A8-dw (the depthwise 3×3 layers at 8 bits too, 4.26 equivalent
-bits, the seed's best use of its 4.3-bit budget) and W4A4-mse (MSE feature observers, the
-command line's default under 8 bits). Each row records the model's equivalent weight bits.
-For each, three roundings on the same splits: nearest, gptq (with bias correction, the
-default), reconstruct (``--reconstruct-iters``). 128 calibration images per split, the other
-sample images for evaluation (seeds 0, 1, ...). Per row, pooled over the splits: top-1, its
-paired difference from fp32 on the same images with a standard error, top-1 agreement with
-fp32 with a standard error, its paired difference from GPTQ's agreement, the mean KL divergence
-of the softmax from fp32's (per image, from the pass that gives the predictions; far less noisy
-than agreement) and its paired difference from GPTQ's, and the median quantize time as a ratio
-to round-to-nearest's. Prints a markdown table::
+and variants on request: W4A8-dw (the depthwise 3×3 layers at 8 bits too, 4.26 equivalent bits,
+the seed's best use of its 4.3-bit budget), W4A8-dwhr (those and the ``highres`` layers, the
+stem and the first stage at 112×112 and 56×56, 4.28 bits), W4A4-mse (MSE feature observers, the
+command line's default under 8 bits) and W4A4-hr (W4A4-mse with the ``highres`` layers' weights
+and input features at 8 bits, 4.25 bits). Each row records the model's equivalent weight bits.
+For each, three roundings on the same splits: nearest, gptq (with bias correction, the default),
+reconstruct (``--reconstruct-iters``). 128 calibration images per split, the other sample images
+for evaluation (seeds 0, 1, ...). Per row, pooled over the splits: top-1, its paired difference
+from fp32 on the same images with a standard error, top-1 agreement with fp32 with a standard
+error, its paired difference from GPTQ's agreement, the mean KL divergence of the softmax from
+fp32's (per image, from the pass that gives the predictions; far less noisy than agreement) and
+its paired difference from GPTQ's, and the median quantize time as a ratio to
+round-to-nearest's. Prints a markdown table::
 
     python tools/bench_reconstruct.py [--splits 3] [--iters 1000] [--budgets W4A8 W4A4]
 
@@ -49,18 +51,20 @@ from onnxq.reporting import accounting, evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION = 128
-#: Budget → (feature bits, feature observer, whether the depthwise 3×3 layers (9 weights per
-#: channel) are at 8 bits too: the seed's best use of its 4.3-bit budget).
+#: Budget → (feature bits, feature observer, ``--keep-8bit`` layers besides the first and last:
+#: the depthwise 3×3 layers (9 weights per channel) are the seed's best use of its 4.3-bit budget).
 BUDGETS = {
-    "W4A8": (8, "minmax", False), "W4A4": (4, "minmax", False),
-    "W4A8-dw": (8, "minmax", True), "W4A4-mse": (4, "mse", False),
+    "W4A8": (8, "minmax", ()), "W4A4": (4, "minmax", ()),
+    "W4A8-dw": (8, "minmax", ("depthwise3x3",)),
+    "W4A8-dwhr": (8, "minmax", ("depthwise3x3", "highres")),
+    "W4A4-mse": (4, "mse", ()), "W4A4-hr": (4, "mse", ("highres",)),
 }
 ROUNDINGS = ("nearest", "gptq", "reconstruct")
 
 
 def config(budget: str, rounding: str, iterations: int) -> QuantConfig:
-    feature_bits, observer, depthwise_8bit = BUDGETS[budget]
-    keep = ("first", "last") + ("depthwise3x3",) * depthwise_8bit
+    feature_bits, observer, also_8bit = BUDGETS[budget]
+    keep = ("first", "last") + also_8bit
     return QuantConfig(
         weights=Scheme.parse("per-channel-affine", bits=4),
         features=Scheme.parse("per-tensor-affine", bits=feature_bits, observer=observer),

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx_ir as ir
+
+#: Ops whose ``strides`` attribute shrinks a feature map's sides.
+_STRIDED_OPS = frozenset({"Conv", "MaxPool", "AveragePool", "LpPool"})
+#: Ops whose output is no longer a feature map (a global pool or a reduction).
+_GLOBAL_OPS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "ReduceMean",
+                         "ReduceMax", "ReduceSum", "ReduceL2", "Flatten"})
 
 _SIGNED = (ir.DataType.INT4, ir.DataType.INT8)
 _UNSIGNED = (ir.DataType.UINT4, ir.DataType.UINT8)
@@ -59,3 +67,29 @@ def is_depthwise(node: ir.Node) -> bool:
         return False
     shape = node.inputs[1].shape if node.inputs[1] is not None else None
     return shape is not None and len(shape) > 1 and shape[1] == 1
+
+
+def downsampling(graph: ir.Graph) -> dict[str, float]:
+    """How many times smaller per side than the graph's input each node's output is.
+
+    Read from the graph's structure alone, so it holds for dynamic image sizes: a strided Conv
+    or pool multiplies the factor by its largest stride; an op with several feature inputs
+    takes the smallest factor among them (a Mul by a squeeze-and-excitation gate keeps the
+    feature map's); global pools, reductions and Flatten end the feature map (``inf``).
+    Upsampling is not modelled: a Resize keeps its input's factor.
+    """
+    factors: dict[str, float] = {}
+    for node in graph:
+        inputs = [
+            factors.get(value.name, 1.0)
+            for value in node.inputs
+            if value is not None and value.const_value is None
+        ]
+        factor = min(inputs, default=math.inf)
+        if node.op_type in _GLOBAL_OPS:
+            factor = math.inf
+        elif node.op_type in _STRIDED_OPS:
+            factor *= max(node.attributes.get_ints("strides", [1]) or [1])
+        factors[node.name] = factor
+        factors.update((value.name, factor) for value in node.outputs)
+    return {node.name: factors[node.name] for node in graph}

@@ -7,12 +7,16 @@ from collections.abc import Sequence
 
 import onnx_ir as ir
 
-from onnxq.analysis.graph import is_depthwise
+from onnxq.analysis.graph import downsampling, is_depthwise
 from onnxq.analysis.placement import fused_features
 from onnxq.base.constants import INTEGER_KERNEL_OPS, WEIGHT_OPS
 from onnxq.base.errors import OnnxqError
 from onnxq.core.config import QuantConfig
 from onnxq.core.schemes import Scheme, reduced_range
+
+#: ``--keep-8bit highres``: layers whose output is at most this many times smaller per side than
+#: the input image (the stem and the first stage of an ImageNet CNN: 112×112 and 56×56 maps).
+HIGHRES_DOWNSAMPLING = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +72,7 @@ def make_plan(model: ir.Model, config: QuantConfig) -> QuantPlan:
     nodes = [node for node in model.graph if node.op_type in config.ops]
     layouts = {node.name: weight_layout(node) for node in nodes if node.op_type in WEIGHT_OPS}
     weighted = [node for node in nodes if isinstance(layouts.get(node.name), tuple)]
-    kept = _kept_nodes(config.keep_8bit, nodes, weighted)
+    kept = _kept_nodes(config.keep_8bit, model.graph, nodes, weighted)
     plan = QuantPlan([], [], [])
     for name, layout in layouts.items():
         if isinstance(layout, str):
@@ -130,7 +134,7 @@ def _feature_inputs(node: ir.Node) -> list[ir.Value]:
 
 
 def _kept_nodes(
-    names: Sequence[str], nodes: Sequence[ir.Node], weighted: Sequence[ir.Node]
+    names: Sequence[str], graph: ir.Graph, nodes: Sequence[ir.Node], weighted: Sequence[ir.Node]
 ) -> set[str]:
     kept: set[str] = set()
     for name in names:
@@ -142,12 +146,15 @@ def _kept_nodes(
             kept.update(node.name for node in weighted if is_depthwise(node))
         elif name == "depthwise3x3":
             kept.update(node.name for node in weighted if _is_depthwise_3x3(node))
+        elif name == "highres":
+            factors = downsampling(graph)
+            kept.update(n.name for n in weighted if factors[n.name] <= HIGHRES_DOWNSAMPLING)
         else:
             matches = {node.name for node in nodes if name in (node.name, node.op_type)}
             if not matches:
                 raise OnnxqError(
                     f"--keep-8bit: no quantized node or op type is named {name!r} "
-                    "(use first, last, depthwise, depthwise3x3, a node name or an op type)"
+                    "(use first, last, depthwise, depthwise3x3, highres, a node name or an op type)"
                 )
             kept.update(matches)
     return kept

@@ -27,7 +27,9 @@ class QuantConfig:
 
     ``features`` is None for weight-only quantization. ``keep_8bit`` names layers that keep
     8-bit weights and features: ``first``, ``last``, ``depthwise`` (every depthwise Conv),
-    ``depthwise3x3`` (those with 3×3 kernels), node names, or op types (all nodes of that type).
+    ``depthwise3x3`` (those with 3×3 kernels), ``highres`` (layers whose output is at most 4×
+    smaller per side than the image: the stem and the first stage), node names, or op types
+    (all nodes of that type).
     ``ops`` are the op types whose inputs are quantized. ``placement`` says where feature
     Q/DQ pairs go (see ``onnxq.analysis.placement``): on the ``inputs`` of those ops, or
     ``fused``, the layout ONNX Runtime runs as integer kernels.
