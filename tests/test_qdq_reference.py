@@ -13,6 +13,7 @@ from tiny_models import TINY_PREPROCESSING
 
 from onnxq.analysis.graph import downsampling
 from onnxq.analysis.plan import make_plan
+from onnxq.base.errors import OnnxqError
 from onnxq.core import quant_math
 from onnxq.core.config import QuantConfig
 from onnxq.core.schemes import Granularity, Scheme, scheme_names
@@ -210,6 +211,13 @@ def test_keep_8bit_highres_names_the_layers_on_112_and_56_pixel_maps(effnet_path
     eight_bit = {t.node for t in make_plan(model, config).weights if t.scheme.bits == 8}
     assert eight_bit == large
     assert len(eight_bit) == 10 and "_conv_stem" in eight_bit and "_blocks.3._expand_conv" in eight_bit
+
+
+def test_keep_8bit_unknown_name_lists_the_keywords(tiny_path):
+    config = QuantConfig(weights=Scheme.parse("per-channel-affine", bits=4), keep_8bit=("highress",))
+    with pytest.raises(OnnxqError, match=r"named 'highress' \(use first, last, depthwise, "
+                                         r"depthwise3x3, highres, a node name or an op type\)"):
+        make_plan(modelio.load_model(tiny_path), config)
 
 
 def test_downsampling_follows_strides_and_ends_at_global_pools():
