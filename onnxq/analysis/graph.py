@@ -78,10 +78,11 @@ def downsampling(graph: ir.Graph) -> dict[str, float]:
     feature map's); global pools, reductions and Flatten end the feature map (``inf``).
     Upsampling is not modelled: a Resize keeps its input's factor.
     """
-    factors: dict[str, float] = {}
+    values: dict[ir.Value, float] = {}  # graph inputs are absent: factor 1
+    nodes: dict[str, float] = {}
     for node in graph:
         inputs = [
-            factors.get(value.name, 1.0)
+            values.get(value, 1.0)
             for value in node.inputs
             if value is not None and value.const_value is None
         ]
@@ -90,6 +91,6 @@ def downsampling(graph: ir.Graph) -> dict[str, float]:
             factor = math.inf
         elif node.op_type in _STRIDED_OPS:
             factor *= max(node.attributes.get_ints("strides", [1]) or [1])
-        factors[node.name] = factor
-        factors.update((value.name, factor) for value in node.outputs)
-    return {node.name: factors[node.name] for node in graph}
+        nodes[node.name] = factor
+        values.update((value, factor) for value in node.outputs)
+    return nodes
