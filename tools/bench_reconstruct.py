@@ -4,7 +4,8 @@ Two bit budgets: W4A8 (per-channel-affine weights, per-tensor-affine 8-bit featu
 last layers at 8 bits) and W4A4 (4-bit per-tensor features; first and last layers at 8 bits),
 and variants on request: W4A8-dw (the depthwise 3×3 layers at 8 bits too, 4.26 equivalent bits,
 the seed's best use of its 4.3-bit budget), W4A8-dwhr (those and the ``highres`` layers, the
-stem and the first stage at 112×112 and 56×56, 4.28 bits), W4A4-mse (MSE feature observers, the
+stem and the first stage at 112×112 and 56×56, 4.28 bits), W4A8-4.3 (``--bit-budget 4.3``: the
+layers whose 4-bit weights alone move the output most per added bit), W4A4-mse (MSE feature observers, the
 command line's default under 8 bits) and W4A4-hr (W4A4-mse with the ``highres`` layers' weights
 and input features at 8 bits, 4.25 bits). Each row records the model's equivalent weight bits.
 For each, three roundings on the same splits: nearest, gptq (with bias correction, the default),
@@ -52,24 +53,27 @@ from onnxq.reporting import accounting, evaluate
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION = 128
 #: Budget → (feature bits, feature observer, ``--keep-8bit`` layers besides the first and last:
-#: the depthwise 3×3 layers (9 weights per channel) are the seed's best use of its 4.3-bit budget).
+#: the depthwise 3×3 layers (9 weights per channel) are the seed's best use of its 4.3-bit budget;
+#: ``--bit-budget``, or None).
 BUDGETS = {
-    "W4A8": (8, "minmax", ()), "W4A4": (4, "minmax", ()),
-    "W4A8-dw": (8, "minmax", ("depthwise3x3",)),
-    "W4A8-dwhr": (8, "minmax", ("depthwise3x3", "highres")),
-    "W4A4-mse": (4, "mse", ()), "W4A4-hr": (4, "mse", ("highres",)),
+    "W4A8": (8, "minmax", (), None), "W4A4": (4, "minmax", (), None),
+    "W4A8-dw": (8, "minmax", ("depthwise3x3",), None),
+    "W4A8-dwhr": (8, "minmax", ("depthwise3x3", "highres"), None),
+    "W4A8-4.3": (8, "minmax", (), 4.3),
+    "W4A4-mse": (4, "mse", (), None), "W4A4-hr": (4, "mse", ("highres",), None),
 }
 ROUNDINGS = ("nearest", "gptq", "reconstruct")
 
 
 def config(budget: str, rounding: str, iterations: int) -> QuantConfig:
-    feature_bits, observer, also_8bit = BUDGETS[budget]
+    feature_bits, observer, also_8bit, bit_budget = BUDGETS[budget]
     keep = ("first", "last") + also_8bit
     return QuantConfig(
         weights=Scheme.parse("per-channel-affine", bits=4),
         features=Scheme.parse("per-tensor-affine", bits=feature_bits, observer=observer),
         calib_size=CALIBRATION,
         keep_8bit=keep,
+        bit_budget=bit_budget,
         rounding=rounding,
         reconstruct_iterations=iterations,
     )

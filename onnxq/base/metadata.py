@@ -17,6 +17,8 @@ PREPROCESSING = "onnxq.preprocessing"
 CHANNEL_SETS = "onnxq.channel_sets"
 #: The probes of the automatic channel passes and which was kept (JSON list).
 PASS_SELECTION = "onnxq.pass_selection"
+#: What ``--bit-budget`` measured and kept: each candidate layer's divergence and added bits (JSON).
+BIT_ALLOCATION = "onnxq.bit_allocation"
 #: The deployed form: ``int8-kernels`` or ``float-weights``.
 DEPLOYMENT = "onnxq.deployment"
 #: Which model zoo entry an exported model came from.

@@ -29,7 +29,10 @@ class QuantConfig:
     8-bit weights and features: ``first``, ``last``, ``depthwise`` (every depthwise Conv),
     ``depthwise3x3`` (those with 3×3 kernels), ``highres`` (layers whose output is at most 4×
     smaller per side than the image: the stem and the first stage), node names, or op types
-    (all nodes of that type).
+    (all nodes of that type). ``bit_budget`` (equivalent weight bits, as ``report`` counts them)
+    adds the layers whose low-bit weights move the network's output most per added bit, measured
+    on the calibration images, while the budget allows (``onnxq.pipeline.bit_allocation``); the
+    recorded config lists them in ``keep_8bit``.
     ``ops`` are the op types whose inputs are quantized. ``placement`` says where feature
     Q/DQ pairs go (see ``onnxq.analysis.placement``): on the ``inputs`` of those ops, or
     ``fused``, the layout ONNX Runtime runs as integer kernels.
@@ -65,6 +68,7 @@ class QuantConfig:
     features: Scheme | None = None
     calib_size: int = 128
     keep_8bit: tuple[str, ...] = ()
+    bit_budget: float | None = None
     ops: tuple[str, ...] = WEIGHT_OPS
     seed: int = 0
     placement: str = AUTO
@@ -91,6 +95,8 @@ class QuantConfig:
         if self.placement not in PLACEMENTS + (AUTO,):
             choices = ", ".join(PLACEMENTS + (AUTO,))
             raise OnnxqError(f"unknown feature placement {self.placement!r} (choose from {choices})")
+        if self.bit_budget is not None and not self.bit_budget > 0:
+            raise OnnxqError(f"--bit-budget must be a positive number of bits, got {self.bit_budget}")
         if self.calib_size < 1:
             raise OnnxqError(f"calibration size must be at least 1, got {self.calib_size}")
         if self.smooth_alpha not in (None, AUTO) and not 0.0 <= self.smooth_alpha <= 1.0:
@@ -194,6 +200,7 @@ class QuantConfig:
             "features": self.features.to_dict() if self.features else None,
             "calib_size": self.calib_size,
             "keep_8bit": list(self.keep_8bit),
+            "bit_budget": self.bit_budget,
             "ops": list(self.ops),
             "seed": self.seed,
             "placement": self.placement,

@@ -34,7 +34,14 @@ from onnxq.passes import (
     LayerShapedWeightsPass,
     QuantizeWeightsPass,
 )
-from onnxq.pipeline import block_reconstruction, layer_rounding, modelio, pass_selection
+from onnxq.pipeline import (
+    bit_allocation,
+    block_reconstruction,
+    layer_rounding,
+    modelio,
+    pass_selection,
+)
+from onnxq.pipeline.bit_allocation import Allocation
 from onnxq.pipeline.channel_rewrites import ChannelSetReport, rewrite_channels
 from onnxq.pipeline.pass_selection import Candidate, automatic_passes, select_passes
 
@@ -53,6 +60,7 @@ class QuantizeResult:
     channel_sets: list[ChannelSetReport] = dataclasses.field(default_factory=list)
     pass_selection: list[Candidate] = dataclasses.field(default_factory=list)
     blocks: list = dataclasses.field(default_factory=list)  # reconstruction's BlockRecords
+    allocation: Allocation | None = None  # what --bit-budget measured and kept
 
 
 def quantize(
@@ -74,7 +82,9 @@ def quantize(
     ``calibration_cache`` reuses the feature parameters of an identical earlier calibration.
     ``verify`` makes the channel passes of stage (1) check that the outputs did not change.
     ``select`` first probes which automatic channel passes help
-    (``onnxq.pipeline.pass_selection``). Every ``auto`` of ``config`` is resolved first
+    (``onnxq.pipeline.pass_selection``); before that, ``config.bit_budget`` probes each layer's
+    sensitivity and adds the layers it keeps at 8 bits to ``keep_8bit``
+    (``onnxq.pipeline.bit_allocation``). Every ``auto`` of ``config`` is resolved first
     (``QuantConfig.resolved``); the returned and recorded ``config`` is the one applied.
     """
     start = time.perf_counter()
@@ -82,6 +92,8 @@ def quantize(
     modelio.check_float_model(model, name)
     if calibration_images is not None:  # sessions will run images through it
         modelio.check_classifier(model, name)
+    elif config.bit_budget is not None:
+        raise OnnxqError("--bit-budget measures each layer on calibration images: give --calib DIR")
     config = _resolve(config, calibration_images is not None, has_transformer_ops(model.graph))
     preprocessing = modelio.choose_preprocessing(model, preprocessing, name)
     sample = (
@@ -89,11 +101,15 @@ def quantize(
         if calibration_images is not None
         else None
     )
+    allocation = None
+    if config.bit_budget is not None:
+        config, allocation = _allocate_bits(model, config, sample, preprocessing, ep)
     selection: list[Candidate] = []
     if select and sample is not None and automatic_passes(config):
         progress.status("probing the automatic channel passes on the calibration images")
         def probe(copy: ir.Model, probe_config: QuantConfig) -> QuantizeResult:
-            return quantize(copy, probe_config, sample, preprocessing, batch_size, ep, select=False)
+            spent = dataclasses.replace(probe_config, bit_budget=None)  # its layers are in keep_8bit
+            return quantize(copy, spent, sample, preprocessing, batch_size, ep, select=False)
 
         chosen, selection = select_passes(model, config, sample, preprocessing, probe, ep)
         config = chosen.config
@@ -129,6 +145,8 @@ def quantize(
     modelio.set_preprocessing(model, preprocessing)
     model.metadata_props[metadata.QUANTIZATION] = config.to_json()
     model.metadata_props[metadata.VERSION] = __version__
+    if allocation is not None:
+        model.metadata_props[metadata.BIT_ALLOCATION] = json.dumps(allocation.to_dict())
     if selection:
         model.metadata_props[metadata.PASS_SELECTION] = json.dumps(
             pass_selection.records(selection)
@@ -144,7 +162,26 @@ def quantize(
         channel_sets=channel_sets,
         pass_selection=selection,
         blocks=blocks,
+        allocation=allocation,
     )
+
+
+def _allocate_bits(
+    model: ir.Model,
+    config: QuantConfig,
+    sample: ImageSet,
+    preprocessing: Preprocessing,
+    ep: str,
+) -> tuple[QuantConfig, Allocation]:
+    """``config`` with the layers ``--bit-budget`` keeps at 8 bits added to ``keep_8bit``."""
+    allocation = bit_allocation.allocate(model, config, sample, preprocessing, ep)
+    kept = allocation.kept
+    progress.status(
+        f"--bit-budget {allocation.budget:g}: {len(kept)} of {len(allocation.layers)} layers "
+        f"kept at 8 bits by their sensitivity ({allocation.start_bits:.3f} → "
+        f"{allocation.bits:.3f} equivalent bits)"
+    )
+    return dataclasses.replace(config, keep_8bit=config.keep_8bit + kept), allocation
 
 
 def _resolve(config: QuantConfig, calibrated: bool, transformer: bool) -> QuantConfig:

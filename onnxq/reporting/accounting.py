@@ -117,6 +117,7 @@ class ModelAccount:
     channel_sets: list[dict] | None  # what smooth and reorder did, if recorded
     include_fc: bool = False
     pass_selection: list[dict] | None = None  # the probes of the automatic channel passes
+    bit_allocation: dict | None = None  # what --bit-budget measured and kept
 
     @property
     def counted(self) -> list[WeightAccount]:
@@ -172,6 +173,7 @@ class ModelAccount:
             },
             "channel_sets": self.channel_sets,
             "pass_selection": self.pass_selection,
+            "bit_allocation": self.bit_allocation,
         }
 
     def to_json(self) -> str:
@@ -191,6 +193,7 @@ def account(model: ir.Model, include_fc: bool = False) -> ModelAccount:
     config = model.metadata_props.get(metadata.QUANTIZATION)
     channel_sets = model.metadata_props.get(metadata.CHANNEL_SETS)
     selection = model.metadata_props.get(metadata.PASS_SELECTION)
+    allocation = model.metadata_props.get(metadata.BIT_ALLOCATION)
     return ModelAccount(
         weights,
         features,
@@ -198,6 +201,7 @@ def account(model: ir.Model, include_fc: bool = False) -> ModelAccount:
         json.loads(channel_sets) if channel_sets else None,
         include_fc,
         json.loads(selection) if selection else None,
+        json.loads(allocation) if allocation else None,
     )
 
 

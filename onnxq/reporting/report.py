@@ -69,6 +69,8 @@ def summary_lines(report: ModelAccount) -> list[str]:
         lines.append(f"channel sets: {_channel_sets(report.channel_sets)}")
     if report.pass_selection:
         lines.append(f"automatic channel passes: {pass_selection.describe(report.pass_selection)}")
+    if report.bit_allocation:
+        lines.append(f"bit budget: {_bit_allocation(report.bit_allocation)}")
     if report.config is None:
         lines.append("no onnxq configuration recorded: schemes and bits inferred from the graph")
     return lines
@@ -99,6 +101,16 @@ def _size(size: float) -> str:
     if size >= 2**20:
         return f"{size / 2**20:.2f} MiB"
     return f"{size / 2**10:.2f} KiB"
+
+
+def _bit_allocation(allocation: dict) -> str:
+    """``4.3: 10 of 48 layers kept at 8 bits by sensitivity (4.228 → 4.276 equivalent bits)``."""
+    layers = allocation["layers"]
+    kept = sum(layer["kept"] for layer in layers)
+    return (
+        f"{allocation['budget']:g}: {kept} of {len(layers)} layers kept at 8 bits by sensitivity "
+        f"({allocation['start_bits']:.3f} → {allocation['bits']:.3f} equivalent bits)"
+    )
 
 
 def _channel_sets(sets: Sequence[dict]) -> str:
