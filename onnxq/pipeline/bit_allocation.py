@@ -4,7 +4,7 @@
 equivalent weight bits stay within ``B``. For every layer the plan gives weights under 8 bits,
 onnxq quantizes that layer alone (round to nearest on the plan's grid; every other layer float)
 and measures how far the network's output moves: the mean KL divergence of its softmax from the
-float model's. Layers are then kept at 8 bits greedily, the largest divergence per added bit
+float model's over the calibration images (at most ``PROBE_IMAGES`` of them). Layers are then kept at 8 bits greedily, the largest divergence per added bit
 first, skipping those that no longer fit. The layers kept are added to ``keep_8bit`` (their
 input features go to 8 bits with them, as with ``--keep-8bit``).
 
@@ -38,6 +38,9 @@ from onnxq.pipeline.pass_selection import kl_per_image
 COUNTED_OPS = ("Conv",)
 #: Images per session run of the probes.
 BATCH = 32
+#: Calibration images the probes run (the first of the sample): enough to rank layers whose
+#: divergences differ by orders of magnitude, and a larger --calib-size costs no more.
+PROBE_IMAGES = 128
 #: Bits of a float32 scale, and of a decomposed scale's per-channel scale and offset.
 FLOAT_BITS = 32
 
@@ -162,9 +165,10 @@ def _divergences(
     preprocessing: Preprocessing,
     ep: str,
 ) -> dict[str, float]:
-    """Per candidate, the mean KL divergence from the float model's softmax on ``images`` with
-    only that layer's weight quantized (round to nearest)."""
-    pixels = np.concatenate([x for x, _ in data.iter_batches(images, preprocessing, BATCH)])
+    """Per candidate, the mean KL divergence from the float model's softmax on ``images`` (the
+    first ``PROBE_IMAGES``) with only that layer's weight quantized (round to nearest)."""
+    probes = images.head(PROBE_IMAGES)
+    pixels = np.concatenate([x for x, _ in data.iter_batches(probes, preprocessing, BATCH)])
     reference = _logits(model, pixels, ep)
     divergences = {}
     described = "measuring each layer's sensitivity"
