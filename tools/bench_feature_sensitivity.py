@@ -54,16 +54,10 @@ def main() -> None:
     quantize_file(source, output, config, calibration)
     pixels = np.concatenate([p for p, _ in data.iter_batches(evaluation, preprocessing, BATCH)])
     fp32 = _logits(source.read_bytes(), pixels)
+    every = float(pass_selection.kl_per_image(fp32, _logits(output.read_bytes(), pixels)).mean())
     model = onnx.load(output)
     chains = _low_bit_chains(model)
-
-    def divergence(kept: str | None) -> float:
-        logits = _logits(_keeping(model, chains, kept).SerializeToString(), pixels)
-        return float(pass_selection.kl_per_image(fp32, logits).mean())
-
-    every = float(pass_selection.kl_per_image(fp32, _logits(output.read_bytes(), pixels)).mean())
-    weights_only = divergence(None)
-    alone = {name: divergence(name) for name in progress.track(chains, "quantizers", len(chains))}
+    weights_only, alone = _divergences(model, chains, fp32, pixels)
     added = {name: kl - weights_only for name, kl in alone.items()}
     total = sum(added.values())
     print(f"split {args.seed}, {len(pixels)} evaluation images, {len(chains)} {args.f_bits}-bit "
@@ -77,7 +71,21 @@ def main() -> None:
               f"| {added[name]:+.4f} | {100 * added[name] / total:.1f} % |")
 
 
+def _divergences(model: onnx.ModelProto, chains: dict, fp32: np.ndarray,
+                 pixels: np.ndarray) -> tuple[float, dict[str, float]]:
+    """Mean KL divergence from fp32 of ``model`` without its low-bit feature quantizers, and of
+    ``model`` with each one alone."""
+
+    def divergence(kept: str | None) -> float:
+        logits = _logits(_keeping(model, chains, kept).SerializeToString(), pixels)
+        return float(pass_selection.kl_per_image(fp32, logits).mean())
+
+    alone = {name: divergence(name) for name in progress.track(chains, "quantizers", len(chains))}
+    return divergence(None), alone
+
+
 def _logits(model: bytes, pixels: np.ndarray) -> np.ndarray:
+    """``model``'s logits on ``pixels`` (ONNX Runtime on the CPU), float64 ``[N, K]``."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
