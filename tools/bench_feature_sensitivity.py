@@ -19,13 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnxq.models.export import exported_model
 
 from onnxq.base import progress
 from onnxq.core.config import QuantConfig
 from onnxq.core.schemes import Scheme
-from onnxq.io import data
+from onnxq.io import data, runtime
 from onnxq.pipeline import modelio, pass_selection
 from onnxq.pipeline.quantize import quantize_file
 
@@ -53,8 +52,9 @@ def main() -> None:
     output = args.workdir / f"lite0_w8a{args.f_bits}_split{args.seed}.onnx"
     quantize_file(source, output, config, calibration)
     pixels = np.concatenate([p for p, _ in data.iter_batches(evaluation, preprocessing, BATCH)])
-    fp32 = _logits(source.read_bytes(), pixels)
-    every = float(pass_selection.kl_per_image(fp32, _logits(output.read_bytes(), pixels)).mean())
+    fp32 = runtime.logits(source.read_bytes(), pixels, "cpu", BATCH)
+    quantized = runtime.logits(output.read_bytes(), pixels, "cpu", BATCH)
+    every = float(pass_selection.kl_per_image(fp32, quantized).mean())
     model = onnx.load(output)
     chains = _low_bit_chains(model)
     weights_only, alone = _divergences(model, chains, fp32, pixels)
@@ -77,22 +77,12 @@ def _divergences(model: onnx.ModelProto, chains: dict, fp32: np.ndarray,
     ``model`` with each one alone."""
 
     def divergence(kept: str | None) -> float:
-        logits = _logits(_keeping(model, chains, kept).SerializeToString(), pixels)
+        copy = _keeping(model, chains, kept).SerializeToString()
+        logits = runtime.logits(copy, pixels, "cpu", BATCH)
         return float(pass_selection.kl_per_image(fp32, logits).mean())
 
     alone = {name: divergence(name) for name in progress.track(chains, "quantizers", len(chains))}
     return divergence(None), alone
-
-
-def _logits(model: bytes, pixels: np.ndarray) -> np.ndarray:
-    """``model``'s logits on ``pixels`` (ONNX Runtime on the CPU), float64 ``[N, K]``."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    batches = [session.run(None, {name: pixels[i:i + BATCH]})[0]
-               for i in range(0, len(pixels), BATCH)]
-    return np.concatenate(batches).astype(np.float64)
 
 
 def _shapes(source: Path) -> dict[str, str]:

@@ -20,6 +20,11 @@ FEATURE_OPS = (
 #: placement quantizes their inputs and outputs.
 INTEGER_KERNEL_OPS = WEIGHT_OPS + tuple(op for op in FEATURE_OPS if op != "ReduceMean")
 
+#: Ops whose weights equivalent bits count (``report``, and the ``--bit-budget`` they bound).
+COUNTED_OPS = ("Conv",)
+#: Bits charged for the per-channel offset of decomposed affine scales (a float, as in the seed).
+OFFSET_BITS = 32
+
 #: A setting decided by onnxq: placement, rounding, smooth α and reorder key.
 AUTO = "auto"
 #: Where feature Q/DQ pairs go (``onnxq.analysis.placement``).

@@ -120,6 +120,19 @@ def create_session(
     return FixedBatchSession(session, batch) if batch is not None else session
 
 
+def logits(
+    model: ir.Model | bytes | str, pixels: np.ndarray, ep: str = "auto", batch: int = 32
+) -> np.ndarray:
+    """``model``'s first output on ``pixels`` (preprocessed images in memory), run ``batch``
+    images at a time, as float64 ``[N, K]``."""
+    session = create_session(model, ep)
+    name = session.get_inputs()[0].name
+    parts = [pixels[i:i + batch] for i in range(0, len(pixels), batch)]
+    return np.concatenate(
+        [session.run(None, {name: x})[0].reshape(len(x), -1).astype(np.float64) for x in parts]
+    )
+
+
 def fixed_batch(session: ort.InferenceSession) -> int | None:
     """The batch size the model's first input fixes, or None when it is dynamic."""
     shape = session.get_inputs()[0].shape

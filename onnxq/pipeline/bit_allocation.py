@@ -25,6 +25,7 @@ import onnx_ir as ir
 
 from onnxq.analysis.plan import QuantPlan, WeightTarget, make_plan
 from onnxq.base import progress
+from onnxq.base.constants import COUNTED_OPS, OFFSET_BITS
 from onnxq.base.errors import OnnxqError
 from onnxq.core.config import QuantConfig
 from onnxq.core.schemes import Granularity
@@ -34,14 +35,12 @@ from onnxq.io.data import ImageSet
 from onnxq.io.preprocessing import Preprocessing
 from onnxq.pipeline.pass_selection import kl_per_image
 
-#: The weights the budget counts (``accounting.COUNTED_OPS``).
-COUNTED_OPS = ("Conv",)
 #: Images per session run of the probes.
 BATCH = 32
 #: Calibration images the probes run (the first of the sample): enough to rank layers whose
 #: divergences differ by orders of magnitude, and a larger --calib-size costs no more.
 PROBE_IMAGES = 128
-#: Bits of a float32 scale, and of a decomposed scale's per-channel scale and offset.
+#: Bits of a float32 scale (plain, or a decomposed scale's per-channel one).
 FLOAT_BITS = 32
 
 
@@ -153,7 +152,7 @@ def _bits(target: WeightTarget, shape: tuple[int, ...], config: QuantConfig) -> 
     groups = channels * per_channel
     overhead = groups * (FLOAT_BITS + zero_point)
     if config.decompose_scales and per_channel > 1:
-        offset = 0 if scheme.symmetric else FLOAT_BITS
+        offset = 0 if scheme.symmetric else OFFSET_BITS
         overhead = groups * (config.scale_bits + zero_point) + channels * (FLOAT_BITS + offset)
     return math.prod(shape) * scheme.bits + overhead
 
@@ -169,7 +168,7 @@ def _divergences(
     first ``PROBE_IMAGES``) with only that layer's weight quantized (round to nearest)."""
     probes = images.head(PROBE_IMAGES)
     pixels = np.concatenate([x for x, _ in data.iter_batches(probes, preprocessing, BATCH)])
-    reference = _logits(model, pixels, ep)
+    reference = runtime.logits(model, pixels, ep, BATCH)
     divergences = {}
     described = "measuring each layer's sensitivity"
     for target in progress.track(candidates, described, len(candidates)):
@@ -179,17 +178,8 @@ def _divergences(
         quantized = quantize_weight(values, target.out_axis, target.scheme).dequantize()
         weight.const_value = ir.tensor(quantized.astype(values.dtype), name=weight.name)
         try:
-            logits = _logits(model, pixels, ep)
+            logits = runtime.logits(model, pixels, ep, BATCH)
             divergences[target.node] = float(np.mean(kl_per_image(reference, logits)))
         finally:
             weight.const_value = original
     return divergences
-
-
-def _logits(model: ir.Model, pixels: np.ndarray, ep: str) -> np.ndarray:
-    session = runtime.create_session(model, ep)
-    name = session.get_inputs()[0].name
-    batches = [pixels[i:i + BATCH] for i in range(0, len(pixels), BATCH)]
-    return np.concatenate(
-        [session.run(None, {name: x})[0].reshape(len(x), -1).astype(np.float64) for x in batches]
-    )

@@ -28,12 +28,10 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxq.base import metadata
+from onnxq.base.constants import COUNTED_OPS, OFFSET_BITS
 
-#: Ops whose weights count by default, and those that ``include_fc`` adds.
-COUNTED_OPS = ("Conv",)
+#: Ops whose weights ``include_fc`` adds to the counted ones (``COUNTED_OPS``).
 FC_OPS = ("Gemm", "MatMul")
-#: Bits charged for the per-channel offset of decomposed affine scales (a float, as in the seed).
-OFFSET_BITS = 32
 #: Nodes that may sit between a weight's DequantizeLinear and the layer reading it.
 _PASS_THROUGH = ("Reshape", "Transpose", "Identity", "Cast")
 
