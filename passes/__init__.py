@@ -16,6 +16,7 @@ from onnxq.passes.protect_float_weights import (
 )
 from onnxq.passes.quantize_weights import QuantizeWeightsPass, QuantizeWeightsResult
 from onnxq.passes.reorder import ReorderPass, ReorderResult
+from onnxq.passes.round_biases import RoundBiasesPass, RoundBiasesResult
 from onnxq.passes.smooth import SmoothPass, SmoothResult
 from onnxq.passes.store_learned import StoreLearnedPass, StoreLearnedResult
 from onnxq.passes.widen_weights_to_int8 import (
@@ -43,6 +44,8 @@ __all__ = [
     "QuantizeWeightsResult",
     "ReorderPass",
     "ReorderResult",
+    "RoundBiasesPass",
+    "RoundBiasesResult",
     "SmoothPass",
     "SmoothResult",
     "StoreLearnedPass",

@@ -18,6 +18,7 @@ from test_cli import assert_user_error, onnxq
 from test_rounding import CALIBRATION, _pixels
 from tiny_models import tiny_cnn
 
+from onnxq.analysis.bias_grid import bias_grid
 from onnxq.analysis.blocks import find_blocks
 from onnxq.analysis.constant_dq import dequantize_constant, weight_dequantize
 from onnxq.base import metadata
@@ -26,11 +27,11 @@ from onnxq.core.config import QuantConfig
 from onnxq.core.quant_math import integer_range
 from onnxq.core.schemes import Scheme
 from onnxq.io import preprocessing
-from onnxq.passes import StoreLearnedPass
+from onnxq.passes import RoundBiasesPass, StoreLearnedPass
 from onnxq.pipeline import block_reconstruction, modelio
 from onnxq.pipeline.quantize import quantize, quantize_file
 from onnxq.reconstruction import reconstruct as rec
-from onnxq.reconstruction.learned import FakeQuant, SoftRounding
+from onnxq.reconstruction.learned import FakeQuant, GridBias, SoftRounding
 from onnxq.reconstruction import torch_graph
 from onnxq.reconstruction.torch_graph import GraphModule
 
@@ -46,12 +47,14 @@ def _config(rounding: str = "gptq", **changes) -> QuantConfig:
                        **changes)
 
 
-def _ort(model: ir.Model | onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """ONNX Runtime's outputs, every op as the standard defines it (no fusion into integer
-    kernels, whose requantization rounds differently)."""
+def _ort(model: ir.Model | onnx.ModelProto, x: np.ndarray,
+         level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+         ) -> np.ndarray:
+    """ONNX Runtime's outputs; by default every op as the standard defines it (no fusion into
+    integer kernels, whose requantization rounds differently, and float biases)."""
     proto = ir.serde.serialize_model(model) if isinstance(model, ir.Model) else model
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.graph_optimization_level = level
     session = ort.InferenceSession(
         proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
@@ -140,10 +143,24 @@ def test_average_pool_with_asymmetric_pads_matches_onnx_runtime(count_include_pa
     np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_quantized_graph_in_torch_matches_onnx_runtime(quantized_tiny):
-    """Hard codes and feature quantizers in eval mode compute what the QDQ graph computes."""
+def _off_grid(model: ir.Model) -> ir.Model:
+    """A copy of ``model`` whose biases sit 0.3 of a step off their int32 grid."""
+    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    for node in copy.graph:
+        grid = bias_grid(node)
+        if grid is not None:
+            bias = grid.bias.const_value.numpy() + 0.3 * grid.step()
+            grid.bias.const_value = ir.tensor(bias.astype(np.float32), name=grid.bias.name)
+    return copy
+
+
+@pytest.mark.parametrize("int32_biases", [False, True])
+def test_quantized_graph_in_torch_matches_onnx_runtime(quantized_tiny, int32_biases):
+    """Hard codes and feature quantizers in eval mode compute what the QDQ graph computes; with
+    the biases read on their int32 grid, what the graph computes with its biases rounded there
+    (``RoundBiasesPass``; on this model a few hundredths of the logits' range away)."""
     result, reference, x = quantized_tiny
-    model = result.model
+    model = _off_grid(result.model)
     roundings = rec._weight_sites(model.graph, reference.graph, _ranges(result))
     quantizers = rec._feature_sites(model.graph, drop=0.5)
     assert set(roundings) == {"conv1", "conv2", "dw3", "pw4", "fc"}
@@ -151,10 +168,32 @@ def test_quantized_graph_in_torch_matches_onnx_runtime(quantized_tiny):
     for rounding in weights.values():
         rounding.soft = False
     fake_quant = {out: module for outs, module in quantizers.values() for out in outs}
+    biases = rec._bias_sites(model.graph, fake_quant, learn=False)
+    assert set(biases) == {"conv1", "conv2", "dw3", "pw4", "fc"}
+    if int32_biases:
+        weights.update({name: bias for name, bias in biases.values()})
     module = _whole(model, weights=weights, fake_quant=fake_quant).eval()
     with torch.no_grad():
         ours = module(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(ours, _ort(model, x), rtol=1e-4, atol=1e-4)
+    plain = _ort(model, x)
+    RoundBiasesPass()(model)
+    rounded = _ort(model, x)
+    assert np.abs(plain - rounded).max() > 0.02 * np.ptp(plain)
+    np.testing.assert_allclose(ours, rounded if int32_biases else plain, rtol=1e-4, atol=1e-4)
+
+
+def test_grid_bias_reads_its_bias_rounded_to_the_int32_grid():
+    feature = FakeQuant(np.float32(0.5), np.float32(0), (0, 15))
+    bias = GridBias(np.array([0.26, -0.74, 3.0], np.float32), feature,
+                    np.array([0.1, 0.2, 0.3], np.float32))
+    step = np.float32(0.5) * np.array([0.1, 0.2, 0.3], np.float32)
+    np.testing.assert_array_equal(bias.stored(), np.round(bias.value.detach().numpy() / step)
+                                  * step)
+    np.testing.assert_allclose(bias.stored() / step, [5, -7, 20], atol=1e-5)
+    bias().sum().backward()  # straight through to the float bias
+    np.testing.assert_array_equal(bias.value.grad.numpy(), [1, 1, 1])
+    fixed = GridBias(np.zeros(3, np.float32), feature, np.ones(3, np.float32), learn=False)
+    assert not fixed.value.requires_grad
 
 
 def test_soft_rounding_starts_at_the_given_codes_and_rounds_between_two():
@@ -215,8 +254,8 @@ def _learned_step(magnitude: float) -> float:
     torch.manual_seed(0)
     x = torch.rand(16, 3, 4, 4) * 3 * magnitude
     quantizer = FakeQuant(np.float32(0.5 * magnitude), np.float32(0), (0, 3))
-    rec._optimise((quantizer, torch.nn.Identity()), [], [quantizer], (x, x), x,
-                  rec.Settings(iterations=50, batch=4), "")
+    rec._optimise((quantizer, torch.nn.Identity()), rec._Learned([], [quantizer], []), (x, x),
+                  x, rec.Settings(iterations=50, batch=4), "")
     return float(quantizer.scale.detach())
 
 
@@ -276,9 +315,9 @@ def test_a_block_whose_steps_diverge_keeps_its_starting_codes(quantized_tiny, mo
     result, reference, x = quantized_tiny
     model = ir.serde.deserialize_model(ir.serde.serialize_model(result.model))
 
-    def diverge(blocks, roundings, quantizers, *_):
+    def diverge(blocks, learned, *_):
         with torch.no_grad():
-            for parameter in rec._parameters(roundings, quantizers):
+            for parameter in learned.parameters():
                 parameter.fill_(float("nan"))
 
     monkeypatch.setattr(rec, "_optimise", diverge)
@@ -287,17 +326,26 @@ def test_a_block_whose_steps_diverge_keeps_its_starting_codes(quantized_tiny, mo
     for name, codes in learned.codes.items():
         np.testing.assert_array_equal(codes, _codes(model, name))
     assert all(np.isfinite(scale).all() for scale in learned.scales.values())
+    assert all(np.isfinite(bias).all() for bias in learned.biases.values())
 
 
-def test_stored_model_dequantizes_to_the_learned_weights(learned_tiny, tmp_path):
+def test_stored_model_dequantizes_to_the_learned_weights(learned_tiny, quantized_tiny, tmp_path):
+    """The written model holds the learned codes, scales and biases, and its biases lie on their
+    int32 grid: ONNX Runtime's optimizer, which rounds them there, changes nothing."""
     model, learned = learned_tiny
+    x = quantized_tiny[2]
     assert any((learned.codes[name] != _codes(model, name)).any() for name in learned.codes)
-    StoreLearnedPass(learned.codes, learned.scales)(model)
+    StoreLearnedPass(learned.codes, learned.scales, learned.biases)(model)
     stored = modelio.load_model(_saved(model, tmp_path / "learned.onnx"))
     nodes = {node.name: node for node in stored.graph}
     for name, weight in learned.weights.items():
         dequantize = weight_dequantize(nodes[name].inputs[1])
         np.testing.assert_array_equal(dequantize_constant(dequantize).reshape(weight.shape), weight)
+    assert set(learned.biases) == {"conv1", "conv2", "dw3", "pw4", "fc"}
+    for name, bias in learned.biases.items():
+        np.testing.assert_array_equal(nodes[name].inputs[2].const_value.numpy(), bias)
+    np.testing.assert_allclose(_ort(stored, x), _ort(stored, x, ort.GraphOptimizationLevel
+                                                     .ORT_ENABLE_ALL), rtol=1e-5, atol=1e-5)
     for tensor, scale in learned.scales.items():
         for node in stored.graph:
             if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.inputs[0].name in (
@@ -325,6 +373,10 @@ def test_store_learned_checks_its_targets(quantized_tiny):
         StoreLearnedPass({"conv1": np.zeros(3, np.int32)}, {})(model)
     with pytest.raises(ir.passes.PreconditionError, match="nowhere: no quantized feature"):
         StoreLearnedPass({}, {"nowhere": np.float32(1)})(model)
+    with pytest.raises(ir.passes.PreconditionError, match="relu1: no constant bias"):
+        StoreLearnedPass({}, {}, {"relu1": np.zeros(3, np.float32)})(model)
+    with pytest.raises(ir.passes.PreconditionError, match="conv1: bias shaped"):
+        StoreLearnedPass({}, {}, {"conv1": np.zeros(3, np.float32)})(model)
 
 
 def test_quantize_with_reconstruct_records_and_improves(tiny_path, sample_images):

@@ -47,8 +47,9 @@ def reconstruct_blocks(
     preprocessing: Preprocessing,
     ep: str,
 ) -> tuple[dict[str, QuantizedWeight], list[BlockRecord]]:
-    """Learn and store ``model``'s codes and feature scales (see ``onnxq.reconstruction``);
-    returns ``weights`` with the stored codes, and what happened in each block."""
+    """Learn and store ``model``'s codes, feature scales and biases (see
+    ``onnxq.reconstruction``); returns ``weights`` with the stored codes, and what happened in
+    each block."""
     from onnxq.reconstruction.reconstruct import Settings, reconstruct
 
     pixels = np.concatenate(
@@ -66,7 +67,7 @@ def reconstruct_blocks(
         f"error {_mean(b.start_error for b in result.blocks):.4g} → "
         f"{_mean(b.error for b in result.blocks):.4g} on average (GPTQ → reconstructed)"
     )
-    StoreLearnedPass(result.codes, result.scales)(model)
+    StoreLearnedPass(result.codes, result.scales, result.biases)(model)
     return _with_codes(reference, weights, result.codes), result.blocks
 
 

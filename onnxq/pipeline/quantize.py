@@ -33,6 +33,7 @@ from onnxq.passes import (
     InsertFeatureQDQPass,
     LayerShapedWeightsPass,
     QuantizeWeightsPass,
+    RoundBiasesPass,
 )
 from onnxq.pipeline import (
     bit_allocation,
@@ -78,7 +79,8 @@ def quantize(
 
     Stages, in order: (1) function-preserving rewrites of the float model, (2) the plan of
     weights and features, (3) feature calibration, (4) the Q/DQ passes, (5) block
-    reconstruction (``--rounding reconstruct``), (6) metadata.
+    reconstruction (``--rounding reconstruct``), (6) biases rounded to the int32 grid integer
+    runtimes add them on, (7) metadata.
     ``calibration_cache`` reuses the feature parameters of an identical earlier calibration.
     ``verify`` makes the channel passes of stage (1) check that the outputs did not change.
     ``select`` first probes which automatic channel passes help
@@ -142,6 +144,7 @@ def quantize(
         weights, blocks = block_reconstruction.reconstruct_blocks(
             model, reference, weights, config, sample, preprocessing, ep
         )
+    RoundBiasesPass()(model)
     modelio.set_preprocessing(model, preprocessing)
     model.metadata_props[metadata.QUANTIZATION] = config.to_json()
     model.metadata_props[metadata.VERSION] = __version__

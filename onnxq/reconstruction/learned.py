@@ -178,3 +178,38 @@ def _sum_to(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         return tensor.sum()
     dims = [d for d, size in enumerate(shape) if size == 1]
     return tensor.sum(dims, keepdim=True)
+
+
+class GridBias(torch.nn.Module):
+    """A layer's bias on the integer grid every integer runtime stores it on.
+
+    A layer that reads a per-tensor quantized feature (scale ``s_x``, learned by ``feature``)
+    through a quantized weight (``weight_scale``: one per output channel, or one) computes in
+    int32 and adds its bias as int32 codes of step ``s_x · s_w`` (ONNX's QLinearConv; ONNX
+    Runtime's optimizer rounds a float bias there too). The bias is learned in float and read
+    rounded to that grid (straight through); ``learn=False`` keeps its value and only rounds it.
+    """
+
+    def __init__(
+        self, bias: np.ndarray, feature: FakeQuant, weight_scale: np.ndarray, learn: bool = True
+    ) -> None:
+        super().__init__()
+        self.value = torch.nn.Parameter(torch.from_numpy(np.array(bias, np.float32)),
+                                        requires_grad=learn)
+        self.feature = feature
+        self.register_buffer("weight_scale",
+                             torch.from_numpy(np.array(weight_scale, np.float32).reshape(-1)))
+
+    def step(self) -> torch.Tensor:
+        """The grid's step per output channel, ``s_x · s_w``."""
+        return self.feature.scale.reshape(()) * self.weight_scale
+
+    def forward(self) -> torch.Tensor:
+        step = self.step()
+        scaled = self.value / step
+        return (scaled + (torch.round(scaled) - scaled).detach()) * step
+
+    def stored(self) -> np.ndarray:
+        """The bias as the graph stores it: float32, exactly on the grid, so a runtime's
+        rounding to int32 gives back the same codes."""
+        return self().detach().cpu().numpy().astype(np.float32)

@@ -3,8 +3,9 @@
 ``GraphModule`` evaluates the nodes between one input tensor and one output tensor in graph
 order with the torch functions of ``_OPS`` (the ops image CNNs are made of). Constants (weights,
 constant DequantizeLinear results, shapes) are read once with ``analysis.constant_dq``. Two
-kinds of value can be supplied from outside: a layer's weight (``weights``: a module returning
-it, for learned rounding) and a feature's QuantizeLinear → DequantizeLinear pair
+kinds of value can be supplied from outside: a layer's weight or bias (``weights``: a module
+returning it, for learned rounding; the weight by the DequantizeLinear output the layer reads,
+the bias by its initializer) and a feature's QuantizeLinear → DequantizeLinear pair
 (``fake_quant``: a module taking the float feature, for learned step sizes).
 """
 
@@ -40,16 +41,18 @@ class GraphModule(torch.nn.Module):
         self.input, self.output = input, output
         weights, fake_quant = dict(weights or {}), dict(fake_quant or {})
         nodes = _nodes_between(graph, input, output, set(weights) | set(fake_quant))
-        computed = {node.outputs[0].name for node in nodes}
+        initializers = _supplied_initializers(nodes, weights)
+        used = {node.outputs[0].name for node in nodes} | set(initializers)
         self.learned = torch.nn.ModuleDict(
             {
                 _key(name): module
                 for name, module in {**weights, **fake_quant}.items()
-                if name in computed
+                if name in used
             }
         )
         self._constants: dict[str, str] = {}  # tensor name → buffer name
-        self._steps = [self._step(node, weights, fake_quant) for node in nodes]
+        self._steps = [_supplied_step(self.learned, name) for name in initializers]
+        self._steps += [self._step(node, weights, fake_quant) for node in nodes]
         self._last_reads = _last_reads(self._steps, self.output)
 
     def _step(
@@ -92,6 +95,18 @@ class GraphModule(torch.nn.Module):
             for name in dead:  # freed as soon as no later step reads them
                 del values[name]
         return values[self.output]
+
+
+def _supplied_initializers(nodes: list[ir.Node], weights: Mapping[str, torch.nn.Module]
+                           ) -> list[str]:
+    """The values in ``weights`` that ``nodes`` read and no node computes (learned biases)."""
+    names = [value.name for node in nodes for value in node.inputs
+             if value is not None and value.name in weights and value.producer() is None]
+    return list(dict.fromkeys(names))
+
+
+def _supplied_step(learned: torch.nn.ModuleDict, name: str) -> tuple[Op, list[str | None], str]:
+    return _call(learned[_key(name)]), [], name
 
 
 def _last_reads(steps: list[tuple[Op, list[str | None], str]], output: str) -> list[list[str]]:
@@ -138,6 +153,8 @@ def _nodes_between(graph: ir.Graph, input: str, output: str, supplied: set[str])
         for value in node.inputs:
             if value is None or value.name == input:
                 continue
+            if value.name in supplied and value.producer() is None:
+                continue  # a supplied initializer
             if value.name not in supplied and constant_array(value) is not None:
                 continue
             if value.producer() is None:
