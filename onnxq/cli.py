@@ -98,6 +98,7 @@ def quantize(
     gptq_inputs: Annotated[str, typer.Option("--gptq-inputs", help="Where GPTQ and bias correction measure each layer's inputs: float (the float network, one calibration pass) or quantized (stage by stage, the network whose earlier stages are already quantized, fitted to the float network's output; one more pass per stage).")] = "float",
     gptq_stages: Annotated[int, typer.Option("--gptq-stages", min=1, help="Stages of --gptq-inputs quantized: the layers in graph order, cut into this many runs (as many as layers: layer by layer).")] = 4,
     reconstruct_iters: Annotated[int, typer.Option("--reconstruct-iters", min=0, help="Optimisation steps per block of --rounding reconstruct (time grows in proportion).")] = RECONSTRUCT_ITERATIONS,
+    reconstruct_seed: Annotated[Optional[int], typer.Option("--reconstruct-seed", min=0, help="Seed of --rounding reconstruct's random batches, crops and QDrop masks (default: --seed). Runs that differ only in it differ by the optimisation's own noise.")] = None,
     decompose_scales: Annotated[bool, typer.Option("--decompose-scales", help="Store per-group weight scales as a per-channel float times low-bit integer codes.")] = False,
     scale_bits: Annotated[Optional[int], typer.Option("--scale-bits", help="Bits of the decomposed scale codes (2..8; default 4). Needs --decompose-scales.")] = None,
     smooth: Annotated[bool, typer.Option("--smooth", help="Move activation range into the weights that read it (SmoothQuant), folded into the weights: no runtime op.")] = False,
@@ -148,6 +149,7 @@ def quantize(
         gptq_inputs=gptq_inputs,
         gptq_stages=gptq_stages,
         reconstruct_iterations=reconstruct_iters,
+        reconstruct_seed=reconstruct_seed,
         **_smoothing(smooth, alpha, act_scale, smooth_mul),
         reorder=reorder,
     )

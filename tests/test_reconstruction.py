@@ -395,6 +395,26 @@ def test_quantize_with_reconstruct_records_and_improves(tiny_path, sample_images
     assert learned_error < gptq_error
 
 
+def _initializers(model: ir.Model) -> dict[str, np.ndarray]:
+    return {name: value.const_value.numpy() for name, value in model.graph.initializers.items()}
+
+
+def test_reconstruct_seed_repeats_a_run_and_another_seed_draws_another(tiny_path, sample_images):
+    """The optimisation's random batches, crops and drop masks come from one seed: the same
+    seed writes the same model, another seed other learned values (its own noise)."""
+    images = sample_images.head(CALIBRATION)
+    runs = [quantize(modelio.load_model(tiny_path),
+                     _config("reconstruct", reconstruct_iterations=30, reconstruct_seed=seed),
+                     images, batch_size=8).model
+            for seed in (1, 1, 2)]
+    first, again, other = (_initializers(model) for model in runs)
+    assert first.keys() == again.keys() == other.keys()
+    assert all(np.array_equal(first[name], again[name]) for name in first)
+    assert any(not np.array_equal(first[name], other[name]) for name in first)
+    recorded = json.loads(runs[2].metadata_props[metadata.QUANTIZATION])
+    assert recorded["reconstruct_seed"] == 2 and recorded["seed"] == 0
+
+
 def test_reconstruct_iterations_are_checked():
     with pytest.raises(OnnxqError, match="--reconstruct-iters must be at least 0"):
         _config("reconstruct", reconstruct_iterations=-1)
@@ -419,6 +439,7 @@ def test_cli_reconstruct(tiny_path, sample_dir, tmp_path):
     model = modelio.load_model(output)
     config = json.loads(model.metadata_props[metadata.QUANTIZATION])
     assert config["rounding"] == "reconstruct" and config["reconstruct_iterations"] == 2
+    assert config["reconstruct_seed"] is None
     assert_user_error(
         onnxq("quantize", tiny_path, "--calib", sample_dir, "--rounding", "reconstruct",
               "--reconstruct-iters", -1),

@@ -6,8 +6,9 @@ and variants on request: W4A8-dw (the depthwise 3×3 layers at 8 bits too, 4.26 
 the seed's best use of its 4.3-bit budget), W4A8-dwhr (those and the ``highres`` layers, the
 stem and the first stage at 112×112 and 56×56, 4.28 bits), W4A8-4.3 (``--bit-budget 4.3``: the
 layers whose 4-bit weights alone move the output most per added bit), W4A4-mse (MSE feature observers, the
-command line's default under 8 bits) and W4A4-hr (W4A4-mse with the ``highres`` layers' weights
-and input features at 8 bits, 4.25 bits). Each row records the model's equivalent weight bits.
+command line's default under 8 bits), W4A4-hr (W4A4-mse with the ``highres`` layers' weights
+and input features at 8 bits, 4.25 bits) and W8A4-mse (W4A4-mse with 8-bit weights: what the
+4-bit features cost alone). Each row records the model's equivalent weight bits.
 For each, three roundings on the same splits: nearest, gptq (with bias correction, the default),
 reconstruct (``--reconstruct-iters``). 128 calibration images per split, the other sample images
 for evaluation (seeds 0, 1, ...). Per row, pooled over the splits: top-1, its paired difference
@@ -22,6 +23,11 @@ round-to-nearest's. Prints a markdown table::
 Each split's predictions are recorded under ``--workdir``/records; ``--seeds 1`` runs one split
 alone, and ``--reuse`` takes the recorded splits instead of running them again, so splits run
 at different times pool into one table (``--seeds 0 1 2 --reuse``).
+
+``--reconstruct-seeds 0 1 2`` runs each reconstruct row with these seeds of the optimisation's
+random batches, crops and drop masks (the same splits, the same GPTQ start): the table takes the
+first seed, and a second table gives each run's means and their spread between seeds, the
+optimisation's own noise, which the paired standard errors over images do not contain.
 
 ``--cost MODEL ...`` measures cost instead: W4A8 quantize time and peak memory of each rounding
 in a fresh process (ResNets with seeded random weights), ``--iters`` steps per block::
@@ -61,21 +67,26 @@ BUDGETS = {
     "W4A8-dwhr": (8, "minmax", ("depthwise3x3", "highres"), None),
     "W4A8-4.3": (8, "minmax", (), 4.3),
     "W4A4-mse": (4, "mse", (), None), "W4A4-hr": (4, "mse", ("highres",), None),
+    "W8A4-mse": (4, "mse", (), None),
 }
+#: Weight bits of a budget whose name does not start with W4.
+WEIGHT_BITS = {"W8A4-mse": 8}
 ROUNDINGS = ("nearest", "gptq", "reconstruct")
 
 
-def config(budget: str, rounding: str, iterations: int) -> QuantConfig:
+def config(budget: str, rounding: str, iterations: int,
+           reconstruct_seed: int | None = None) -> QuantConfig:
     feature_bits, observer, also_8bit, bit_budget = BUDGETS[budget]
     keep = ("first", "last") + also_8bit
     return QuantConfig(
-        weights=Scheme.parse("per-channel-affine", bits=4),
+        weights=Scheme.parse("per-channel-affine", bits=WEIGHT_BITS.get(budget, 4)),
         features=Scheme.parse("per-tensor-affine", bits=feature_bits, observer=observer),
         calib_size=CALIBRATION,
         keep_8bit=keep,
         bit_budget=bit_budget,
         rounding=rounding,
         reconstruct_iterations=iterations,
+        reconstruct_seed=reconstruct_seed,
     )
 
 
@@ -89,6 +100,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=RECONSTRUCT_ITERATIONS)
     parser.add_argument("--budgets", nargs="*", default=["W4A8", "W4A4"], choices=BUDGETS)
     parser.add_argument("--roundings", nargs="*", default=list(ROUNDINGS), choices=ROUNDINGS)
+    parser.add_argument("--reconstruct-seeds", type=int, nargs="+", default=[None],
+                        help="optimisation seeds of the reconstruct rows (default: 0, the command line's)")
     parser.add_argument("--cost", nargs="*", metavar="MODEL",
                         help="time and memory on these models instead of accuracy")
     args = parser.parse_args()
@@ -102,24 +115,38 @@ def main() -> None:
     rows = [(budget, rounding) for budget in args.budgets for rounding in args.roundings]
     seeds = args.seeds if args.seeds is not None else list(range(args.splits))
     records: dict[tuple[str, str], list[dict]] = {row: [] for row in rows}
+    runs: dict[tuple[str, int], list[tuple[int, dict]]] = {}  # (budget, split) → seeded runs
     for count, seed in enumerate(seeds, 1):
         calibration, evaluation = images.split(CALIBRATION, seed=seed)
         for row in rows:
-            path = args.workdir / "records" / f"{row[0]}_{row[1]}_{args.iters}_split{seed}.json"
-            if not (args.reuse and path.exists()):
-                record = _run_split(row, source, calibration, evaluation, preprocessing, args)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(record))
-            records[row].append(json.loads(path.read_text()))
+            rec_seeds = args.reconstruct_seeds if row[1] == "reconstruct" else [None]
+            for rec_seed in rec_seeds:
+                suffix = f"_rs{rec_seed}" if rec_seed else ""
+                path = (args.workdir / "records"
+                        / f"{row[0]}_{row[1]}_{args.iters}_split{seed}{suffix}.json")
+                if not (args.reuse and path.exists()):
+                    record = _run_split(row, source, calibration, evaluation, preprocessing, args,
+                                        rec_seed)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(json.dumps(record))
+                if rec_seed == rec_seeds[0]:
+                    records[row].append(json.loads(path.read_text()))
+                if row[1] == "reconstruct":
+                    runs.setdefault((row[0], seed), []).append(
+                        (rec_seed or 0, json.loads(path.read_text())))
         _table(rows, records, count, args)
+    if len(args.reconstruct_seeds) > 1:
+        _spread(runs)
 
 
-def _run_split(row, source, calibration, evaluation, preprocessing, args) -> dict:
+def _run_split(row, source, calibration, evaluation, preprocessing, args,
+               reconstruct_seed: int | None = None) -> dict:
     """Quantize with one row's configuration and evaluate it beside fp32 in one pass over the
     evaluation images: a record of the split."""
     output = args.workdir / f"lite0_{row[0]}_{row[1]}.onnx"
     start = time.perf_counter()
-    quantized = quantize_file(source, output, config(*row, args.iters), calibration)
+    quantized = quantize_file(source, output, config(*row, args.iters, reconstruct_seed),
+                              calibration)
     seconds = time.perf_counter() - start
     if quantized.blocks:
         kept = sum(block.kept for block in quantized.blocks)
@@ -193,6 +220,24 @@ def _table(rows, records, splits, args) -> None:
               f"| {100 * same.mean():.2f} ± {100 * _error(same):.2f} % | {versus} "
               f"| {divergence.mean():.4f} ± {_error(divergence):.4f} | {kl_versus} "
               f"| {bits} | {median:.0f} | {median / base:.1f}× |", flush=True)
+
+
+def _spread(runs: dict[tuple[str, int], list[tuple[int, dict]]]) -> None:
+    """Each reconstruct run's means by split and optimisation seed, and the standard deviation
+    of a run's mean KL divergence between seeds of the same split (pooled over the splits)."""
+    print("\n| budget | split | seed | top-1 | agreement with fp32 | KL from fp32 |")
+    print("|---|---|---|---|---|---|")
+    deviations: dict[str, list[float]] = {}
+    for (budget, split), seeded in runs.items():
+        for rec_seed, record in seeded:
+            print(f"| {budget} | {split} | {rec_seed} | {100 * np.mean(record['correct']):.2f} % "
+                  f"| {100 * np.mean(record['agree']):.2f} % | {np.mean(record['kl']):.4f} |")
+        means = [np.mean(record["kl"]) for _, record in seeded]
+        if len(means) > 1:
+            deviations.setdefault(budget, []).append(float(np.var(means, ddof=1)))
+    for budget, variances in deviations.items():
+        print(f"\n{budget}: a run's mean KL divergence varies between optimisation seeds by "
+              f"{np.sqrt(np.mean(variances)):.4f} (standard deviation, {len(variances)} splits)")
 
 
 def _paired(differences: np.ndarray) -> str:

@@ -54,7 +54,8 @@ class QuantConfig:
     to the float network's output (``quantized``, one more pass per stage). ``reconstruct``
     starts from GPTQ's codes and bias correction and learns each block's rounding and feature
     scales against the float block's output, ``reconstruct_iterations`` steps per block
-    (``onnxq.reconstruction``; needs torch).
+    (``onnxq.reconstruction``; needs torch), its random batches, crops and QDrop masks drawn
+    from ``reconstruct_seed`` (None: ``seed``).
 
     ``reduce_range`` limits 8-bit symmetric weights to 7-bit codes (±63), so that ONNX Runtime's
     u8×s8 kernels cannot saturate on x86 CPUs without VNNI (``onnxq.base.host``).
@@ -84,6 +85,7 @@ class QuantConfig:
     gptq_inputs: str = "float"
     gptq_stages: int = 4
     reconstruct_iterations: int = RECONSTRUCT_ITERATIONS
+    reconstruct_seed: int | None = None
 
     def __post_init__(self) -> None:
         unknown = [op for op in self.ops if op not in WEIGHT_OPS + FEATURE_OPS]
@@ -179,7 +181,8 @@ class QuantConfig:
         """What this (resolved) config does beyond round-to-nearest, e.g. ``gptq rounding``."""
         notes = [f"{self.rounding} rounding"] if self.rounding != "nearest" else []
         if self.rounding == "reconstruct":
-            notes[-1] += f" ({self.reconstruct_iterations} steps per block, from gptq)"
+            seed = "" if self.reconstruct_seed is None else f", seed {self.reconstruct_seed}"
+            notes[-1] += f" ({self.reconstruct_iterations} steps per block{seed}, from gptq)"
         notes += ["bias correction"] * bool(self.bias_correction)
         if self.gptq_inputs == "quantized" and (self.rounding != "nearest" or self.bias_correction):
             notes.append(f"inputs from the quantized network in {self.gptq_stages} stages")
@@ -216,6 +219,7 @@ class QuantConfig:
             "gptq_inputs": self.gptq_inputs,
             "gptq_stages": self.gptq_stages,
             "reconstruct_iterations": self.reconstruct_iterations,
+            "reconstruct_seed": self.reconstruct_seed,
         }
 
     def to_json(self) -> str:

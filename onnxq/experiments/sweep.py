@@ -55,7 +55,7 @@ RAY_DEFAULT_ADDRESS = "default"
 #: ``QuantConfig`` fields used only after calibration: runs that differ only in these share one.
 _AFTER_CALIBRATION = (
     "weights", "decompose_scales", "scale_bits", "rounding", "bias_correction", "gptq_inputs",
-    "gptq_stages", "reconstruct_iterations",
+    "gptq_stages", "reconstruct_iterations", "reconstruct_seed",
 )
 
 

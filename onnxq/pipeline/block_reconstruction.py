@@ -59,7 +59,8 @@ def reconstruct_blocks(
         name: integer_range(w.scheme.bits, w.scheme.signed, w.scheme.restricted)
         for name, w in weights.items()
     }
-    settings = Settings(iterations=config.reconstruct_iterations, seed=config.seed)
+    seed = config.seed if config.reconstruct_seed is None else config.reconstruct_seed
+    settings = Settings(iterations=config.reconstruct_iterations, seed=seed)
     result = reconstruct(model, reference, ranges, pixels, settings, accelerator(ep) or "cpu")
     kept = sum(block.kept for block in result.blocks)
     progress.status(
