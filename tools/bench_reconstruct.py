@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="*", default=["W4A8", "W4A4"], choices=BUDGETS)
     parser.add_argument("--roundings", nargs="*", default=list(ROUNDINGS), choices=ROUNDINGS)
     parser.add_argument("--reconstruct-seeds", type=int, nargs="+", default=[None],
-                        help="optimisation seeds of the reconstruct rows (default: 0, the command line's)")
+                        help="optimisation seeds of the reconstruct rows (default: 0)")
     parser.add_argument("--cost", nargs="*", metavar="MODEL",
                         help="time and memory on these models instead of accuracy")
     args = parser.parse_args()
