@@ -129,11 +129,11 @@ def main() -> None:
                                         rec_seed)
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_text(json.dumps(record))
+                record = json.loads(path.read_text())
                 if rec_seed == rec_seeds[0]:
-                    records[row].append(json.loads(path.read_text()))
+                    records[row].append(record)
                 if row[1] == "reconstruct":
-                    runs.setdefault((row[0], seed), []).append(
-                        (rec_seed or 0, json.loads(path.read_text())))
+                    runs.setdefault((row[0], seed), []).append((rec_seed or 0, record))
         _table(rows, records, count, args)
     if len(args.reconstruct_seeds) > 1:
         _spread(runs)

@@ -66,8 +66,9 @@ class Settings:
     Biases step by a tenth of their int32 grid's step (input scale × weight scale), the unit
     a runtime adds them in: about sixteen times larger at 4-bit features than at 8-bit ones.
     Learned so, they lowered EfficientNet-Lite0 W4A4's KL divergence from fp32 by a tenth
-    (0.229 → 0.205, two splits) and left W4A8's where it was; float biases at a fixed rate of 1e-3 had fitted the calibration
-    images at W4A8 (KL +0.005)."""
+    (0.229 → 0.205, two splits of one run each: −0.025 ± 0.015 with the optimisation's own
+    noise between seeds) and left W4A8's where it was; float biases at a fixed rate of 1e-3 had
+    fitted the calibration images at W4A8 (KL +0.005)."""
 
     iterations: int = RECONSTRUCT_ITERATIONS
     batch: int = 8
