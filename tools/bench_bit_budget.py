@@ -28,6 +28,7 @@ from onnxq.io import data
 from onnxq.pipeline import modelio, pass_selection
 from onnxq.pipeline.quantize import quantize
 from onnxq.reporting import accounting, evaluate
+from onnxq.reporting.statistics import standard_error
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION = 128
@@ -78,7 +79,7 @@ def _evaluate(source, result, evaluation, preprocessing) -> dict:
     return {"bits": accounting.account(result.model).equivalent_bits, "kept": kept,
             "seconds": result.seconds,
             "correct": predictions == labels, "fp32_correct": fp32 == labels,
-            "agree": predictions == fp32,
+            "agree": predictions == fp32, "images": evaluation.files,
             "kl": np.concatenate([pass_selection.kl_per_image(a, b) for a, b in batches])}
 
 
@@ -97,7 +98,8 @@ def _table(rows: dict[str, list[dict]]) -> None:
               for label, records in rows.items()}
     hand = pooled[HAND_CHOSEN]
     fp32 = hand["fp32_correct"]
-    print(f"\n{len(fp32)} paired evaluations, fp32 top-1 {100 * fp32.mean():.2f} %, GPTQ\n")
+    images = [file for record in rows[HAND_CHOSEN] for file in record["images"]]
+    print(f"\n{len(fp32)} paired evaluations of {len(set(images))} images, fp32 top-1 {100 * fp32.mean():.2f} %, GPTQ\n")
     print("| 8-bit layers besides first and last | equivalent bits | added layers | top-1 "
           "| − fp32 (± SE) | agreement (± SE) | KL from fp32 (± SE) "
           "| KL − depthwise3x3,highres (± SE) |")
@@ -105,19 +107,18 @@ def _table(rows: dict[str, list[dict]]) -> None:
     for label, row in pooled.items():
         bits = np.mean([r["bits"] for r in rows[label]])
         kept = np.mean([r["kept"] for r in rows[label]])
-        versus = "" if row is hand else _signed(row["kl"] - hand["kl"], 1, 4)
+        versus = "" if row is hand else _signed(row["kl"] - hand["kl"], images, 1, 4)
         print(f"| {label} | {bits:.3f} | {kept:.0f} | {100 * row['correct'].mean():.2f} % "
-              f"| {_signed(row['correct'] - fp32, 100, 2)} "
-              f"| {100 * row['agree'].mean():.2f} ± {100 * _error(row['agree']):.2f} % "
-              f"| {row['kl'].mean():.4f} ± {_error(row['kl']):.4f} | {versus} |", flush=True)
+              f"| {_signed(row['correct'] - fp32, images, 100, 2)} "
+              f"| {100 * row['agree'].mean():.2f} ± {100 * standard_error(row['agree'], images):.2f} % "
+              f"| {row['kl'].mean():.4f} ± {standard_error(row['kl'], images):.4f} | {versus} |", flush=True)
 
 
-def _signed(differences: np.ndarray, scale: float, digits: int) -> str:
-    return f"{scale * differences.mean():+.{digits}f} ± {scale * _error(differences):.{digits}f}"
-
-
-def _error(values: np.ndarray) -> float:
-    return float(np.asarray(values, float).std(ddof=1) / np.sqrt(len(values)))
+def _signed(differences: np.ndarray, images: list[Path], scale: float, digits: int) -> str:
+    """A mean paired difference and its standard error, an image evaluated in several splits
+    counted once."""
+    error = standard_error(differences, images)
+    return f"{scale * differences.mean():+.{digits}f} ± {scale * error:.{digits}f}"
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from onnxq.pipeline import modelio
 from onnxq.pipeline.pass_selection import Candidate, choose
 from onnxq.reporting import evaluate
 from onnxq.reporting.evaluate import EvalResult
+from onnxq.reporting.statistics import standard_error
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet_lite0"
@@ -118,20 +119,23 @@ def pool(results: list[EvalResult]) -> EvalResult:
     )
 
 
-def paired_change(row: EvalResult, reference: EvalResult, labels: np.ndarray) -> tuple[float, float]:
-    """Top-1 change from ``reference`` on the same images, and its standard error (points)."""
+def paired_change(row: EvalResult, reference: EvalResult, labels: np.ndarray,
+                  images: list[Path]) -> tuple[float, float]:
+    """Top-1 change from ``reference`` on the same images, and its standard error (points),
+    an image evaluated in several splits counted once."""
     change = (np.array(row.predictions) == labels).astype(float)
     change -= np.array(reference.predictions) == labels
-    return 100.0 * change.mean(), 100.0 * change.std(ddof=1) / np.sqrt(len(change))
+    return 100.0 * change.mean(), 100.0 * standard_error(change, images)
 
 
-def remark(row: PooledRow, reference: PooledRow | None, fp32: EvalResult, labels: np.ndarray) -> str:
+def remark(row: PooledRow, reference: PooledRow | None, fp32: EvalResult, labels: np.ndarray,
+           images: list[Path]) -> str:
     """The passes, the change over the splits, agreement with fp32, and the sets changed."""
     result = row.result()
     agree = result.agreement(fp32)
     parts = [row.name or "no channel pass"]
     if reference is not None and len(row.runs) > 1:
-        change, error = paired_change(result, reference.result(), labels)
+        change, error = paired_change(result, reference.result(), labels, images)
         per_split = "/".join(
             f"{run.result.top1 - base.result.top1:+.1f}" for run, base in zip(row.runs, reference.runs)
         )
@@ -190,11 +194,12 @@ def main() -> None:
     preprocessing = modelio.get_preprocessing(float_model)
     images = data.find_images(args.data)
     rows = table_rows(args, keep)
-    fp32_runs, labels = [], []
+    fp32_runs, labels, evaluated = [], [], []
     for seed in range(args.splits):
         calibration, evaluation = images.split(CALIBRATION_IMAGES, seed=seed)
         fp32_runs.append(evaluate.evaluate(float_model, evaluation, preprocessing, ep="cpu"))
         labels.extend(evaluation.labels)
+        evaluated.extend(evaluation.files)
         for row in rows:
             row.runs.append(Run.of(run_row(float_path, row.config, calibration, evaluation, ep="cpu")))
             print(f"split {seed}: {row.config.weights.name} gs {row.config.weights.group_size} "
@@ -205,7 +210,7 @@ def main() -> None:
     reference: PooledRow | None = None
     for row in rows:
         reference = None if row.name == "" else reference
-        text = remark(row, reference, fp32, label_array)
+        text = remark(row, reference, fp32, label_array, evaluated)
         base = Reference(reference.result().top1, reference.result().top5) if reference else None
         table.append(Row.from_config(MODEL, row.config, row.result(), text, reference=base))
         reference = reference or row

@@ -27,6 +27,7 @@ from onnxq.models.export import exported_model
 from onnxq.pipeline import modelio
 from onnxq.pipeline.quantize import quantize_file
 from onnxq.reporting import evaluate
+from onnxq.reporting.statistics import standard_error
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION = 128
@@ -59,8 +60,10 @@ def main() -> None:
     variants = [("float", 1)] + [("quantized", stages) for stages in args.stages]
     agree: dict[tuple[str, int], list[np.ndarray]] = {v: [] for v in variants}
     seconds: dict[tuple[str, int], list[float]] = {v: [] for v in variants}
+    evaluated: list[Path] = []  # the image of each pooled evaluation
     for split in range(args.splits):
         calibration, evaluation = images.split(CALIBRATION, seed=split)
+        evaluated += evaluation.files
         reference = evaluate.evaluate(str(source), evaluation, preprocessing, ep="cpu")
         for inputs, stages in variants:
             output = args.workdir / f"lite0_{inputs}_{stages}.onnx"
@@ -71,7 +74,7 @@ def main() -> None:
             same = np.asarray(result.predictions) == np.asarray(reference.predictions)
             agree[inputs, stages].append(same)
     baseline = np.concatenate(agree["float", 1])
-    print(f"{args.splits} splits, {len(baseline)} evaluation images in all\n")
+    print(f"{args.splits} splits, {len(baseline)} evaluations of {len(set(evaluated))} images\n")
     print("| GPTQ inputs | stages | top-1 agreement with fp32 | − float inputs (± SE) "
           "| quantize s |")
     print("|---|---|---|---|---|")
@@ -79,7 +82,7 @@ def main() -> None:
         inputs, stages = variant
         pooled = np.concatenate(agree[variant])
         difference = pooled.astype(float) - baseline
-        error = difference.std(ddof=1) / np.sqrt(len(difference))
+        error = standard_error(difference, evaluated)
         delta = f"{100 * difference.mean():+.2f} ± {100 * error:.2f}" if inputs != "float" else ""
         shown = stages if inputs == "quantized" else ""
         agreement = f"{100 * pooled.mean():.2f} %"

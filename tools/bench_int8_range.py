@@ -36,6 +36,7 @@ from onnxq.io import data
 from onnxq.pipeline import modelio
 from onnxq.pipeline.quantize import quantize
 from onnxq.reporting import evaluate
+from onnxq.reporting.statistics import standard_error
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION_IMAGES = 128
@@ -56,8 +57,10 @@ def pooled(source: Path, images: data.ImageSet, splits: int) -> list[str]:
     agree: dict[str, list[np.ndarray]] = {name: [] for name in RANGES}
     seconds: dict[str, list[float]] = {name: [] for name in RANGES}
     correct: dict[str, list[np.ndarray]] = {name: [] for name in ("fp32", *RANGES)}
+    evaluated: list[Path] = []  # the image of each pooled evaluation
     for seed in range(splits):
         calibration, evaluation = images.split(CALIBRATION_IMAGES, seed=seed)
+        evaluated += evaluation.files
         labels = np.asarray(evaluation.labels)
         fp32 = evaluate.evaluate(str(source), evaluation, preprocessing, ep="cpu")
         correct["fp32"].append(np.asarray(fp32.predictions) == labels)
@@ -73,7 +76,7 @@ def pooled(source: Path, images: data.ImageSet, splits: int) -> list[str]:
     for name in RANGES:
         agreement = np.concatenate(agree[name]).astype(float)
         difference = agreement - np.concatenate(agree["full"])
-        error = difference.std(ddof=1) / np.sqrt(len(difference))
+        error = standard_error(difference, evaluated)
         change = "/" if name == "full" else f"{100 * difference.mean():+.2f} ± {100 * error:.2f}"
         top1 = 100 * np.concatenate(correct[name]).mean()
         ratio = np.median(np.divide(seconds[name], seconds["full"]))

@@ -55,6 +55,7 @@ from onnxq.models.export import exported_model
 from onnxq.pipeline import modelio, pass_selection
 from onnxq.pipeline.quantize import quantize_file
 from onnxq.reporting import accounting, evaluate
+from onnxq.reporting.statistics import standard_error
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION = 128
@@ -116,8 +117,10 @@ def main() -> None:
     seeds = args.seeds if args.seeds is not None else list(range(args.splits))
     records: dict[tuple[str, str], list[dict]] = {row: [] for row in rows}
     runs: dict[tuple[str, int], list[tuple[int, dict]]] = {}  # (budget, split) → seeded runs
+    evaluated: list[Path] = []  # the image of each pooled evaluation, for the standard errors
     for count, seed in enumerate(seeds, 1):
         calibration, evaluation = images.split(CALIBRATION, seed=seed)
+        evaluated += evaluation.files
         for row in rows:
             rec_seeds = args.reconstruct_seeds if row[1] == "reconstruct" else [None]
             for rec_seed in rec_seeds:
@@ -134,7 +137,7 @@ def main() -> None:
                     records[row].append(record)
                 if row[1] == "reconstruct":
                     runs.setdefault((row[0], seed), []).append((rec_seed or 0, record))
-        _table(rows, records, count, args)
+        _table(rows, records, evaluated, count, args)
     if len(args.reconstruct_seeds) > 1:
         _spread(runs)
 
@@ -191,12 +194,13 @@ def _cost(args) -> None:
                   f"| {seconds / base_seconds:.1f}× | {peak / base_peak:.2f}× |", flush=True)
 
 
-def _table(rows, records, splits, args) -> None:
-    """The pooled table of the first ``splits`` splits (printed after each one)."""
+def _table(rows, records, evaluated, splits, args) -> None:
+    """The pooled table of the first ``splits`` splits (printed after each one); its standard
+    errors count an image evaluated in several splits once (``reporting.statistics``)."""
     pooled = {row: {key: np.concatenate([np.asarray(r[key], float) for r in records[row]])
                     for key in ("correct", "agree", "fp32_correct", "kl")} for row in rows}
     fp32 = pooled[rows[0]]["fp32_correct"]
-    print(f"\n{splits} splits, {len(fp32)} evaluation images in all, "
+    print(f"\n{splits} splits, {len(fp32)} evaluations of {len(set(evaluated))} images, "
           f"fp32 top-1 {100 * fp32.mean():.2f} %, {args.iters} steps per block\n")
     print("| budget | rounding | top-1 | − fp32 (± SE) | agreement with fp32 (± SE) "
           "| agreement − GPTQ's (± SE) | KL from fp32 (± SE) | KL − GPTQ's (± SE) "
@@ -209,16 +213,16 @@ def _table(rows, records, splits, args) -> None:
         gptq = pooled.get((budget, "gptq"))
         versus, kl_versus = "", ""
         if gptq is not None and rounding != "gptq":
-            versus = _paired(same - gptq["agree"])
+            versus = _paired(same - gptq["agree"], evaluated)
             kl_versus = f"{divergence.mean() - gptq['kl'].mean():+.4f} ± " \
-                        f"{_error(divergence - gptq['kl']):.4f}"
+                        f"{standard_error(divergence - gptq['kl'], evaluated):.4f}"
         median = statistics.median(r["seconds"] for r in records[budget, rounding])
         base = statistics.median(r["seconds"] for r in records.get((budget, "nearest"),
                                                                    records[budget, rounding]))
         bits = next((f"{r['bits']:.3f}" for r in records[budget, rounding] if "bits" in r), "")
-        print(f"| {budget} | {rounding} | {100 * hits.mean():.2f} % | {_paired(drop)} "
-              f"| {100 * same.mean():.2f} ± {100 * _error(same):.2f} % | {versus} "
-              f"| {divergence.mean():.4f} ± {_error(divergence):.4f} | {kl_versus} "
+        print(f"| {budget} | {rounding} | {100 * hits.mean():.2f} % | {_paired(drop, evaluated)} "
+              f"| {100 * same.mean():.2f} ± {100 * standard_error(same, evaluated):.2f} % | {versus} "
+              f"| {divergence.mean():.4f} ± {standard_error(divergence, evaluated):.4f} | {kl_versus} "
               f"| {bits} | {median:.0f} | {median / base:.1f}× |", flush=True)
 
 
@@ -240,12 +244,8 @@ def _spread(runs: dict[tuple[str, int], list[tuple[int, dict]]]) -> None:
               f"{np.sqrt(np.mean(variances)):.4f} (standard deviation, {len(variances)} splits)")
 
 
-def _paired(differences: np.ndarray) -> str:
-    return f"{100 * differences.mean():+.2f} ± {100 * _error(differences):.2f}"
-
-
-def _error(values: np.ndarray) -> float:
-    return float(np.asarray(values, float).std(ddof=1) / np.sqrt(len(values)))
+def _paired(differences: np.ndarray, images: list[Path]) -> str:
+    return f"{100 * differences.mean():+.2f} ± {100 * standard_error(differences, images):.2f}"
 
 
 if __name__ == "__main__":
