@@ -21,8 +21,9 @@ round-to-nearest's. Prints a markdown table::
     python tools/bench_reconstruct.py [--splits 3] [--iters 1000] [--budgets W4A8 W4A4]
 
 Each split's predictions are recorded under ``--workdir``/records; ``--seeds 1`` runs one split
-alone, and ``--reuse`` takes the recorded splits instead of running them again, so splits run
-at different times pool into one table (``--seeds 0 1 2 --reuse``).
+alone, and ``--reuse`` takes the recorded splits instead of running them again (and runs the
+rows not recorded yet), so splits run at different times pool into one table (``--seeds 0 1 2
+--reuse``).
 
 ``--reconstruct-seeds 0 1 2`` runs each reconstruct row with these seeds of the optimisation's
 random batches, crops and drop masks (the same splits, the same GPTQ start): the table takes the
@@ -97,7 +98,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/onnxq-bench/reconstruct"))
     parser.add_argument("--splits", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="*", help="these splits (default: 0 … splits−1)")
-    parser.add_argument("--reuse", action="store_true", help="take recorded splits, not run them")
+    parser.add_argument("--reuse", action="store_true", help="take the recorded splits; run only those not recorded")
     parser.add_argument("--iters", type=int, default=RECONSTRUCT_ITERATIONS)
     parser.add_argument("--budgets", nargs="*", default=["W4A8", "W4A4"], choices=BUDGETS)
     parser.add_argument("--roundings", nargs="*", default=list(ROUNDINGS), choices=ROUNDINGS)
