@@ -99,7 +99,8 @@ def _table(rows: dict[str, list[dict]]) -> None:
     hand = pooled[HAND_CHOSEN]
     fp32 = hand["fp32_correct"]
     images = [file for record in rows[HAND_CHOSEN] for file in record["images"]]
-    print(f"\n{len(fp32)} paired evaluations of {len(set(images))} images, fp32 top-1 {100 * fp32.mean():.2f} %, GPTQ\n")
+    print(f"\n{len(fp32)} paired evaluations of {len(set(images))} images, "
+          f"fp32 top-1 {100 * fp32.mean():.2f} %, GPTQ\n")
     print("| 8-bit layers besides first and last | equivalent bits | added layers | top-1 "
           "| − fp32 (± SE) | agreement (± SE) | KL from fp32 (± SE) "
           "| KL − depthwise3x3,highres (± SE) |")
@@ -107,18 +108,20 @@ def _table(rows: dict[str, list[dict]]) -> None:
     for label, row in pooled.items():
         bits = np.mean([r["bits"] for r in rows[label]])
         kept = np.mean([r["kept"] for r in rows[label]])
-        versus = "" if row is hand else _signed(row["kl"] - hand["kl"], images, 1, 4)
+        versus = "" if row is hand else _estimate(row["kl"] - hand["kl"], images, 1, 4)
         print(f"| {label} | {bits:.3f} | {kept:.0f} | {100 * row['correct'].mean():.2f} % "
-              f"| {_signed(row['correct'] - fp32, images, 100, 2)} "
-              f"| {100 * row['agree'].mean():.2f} ± {100 * standard_error(row['agree'], images):.2f} % "
-              f"| {row['kl'].mean():.4f} ± {standard_error(row['kl'], images):.4f} | {versus} |", flush=True)
+              f"| {_estimate(row['correct'] - fp32, images, 100, 2)} "
+              f"| {_estimate(row['agree'], images, 100, 2, signed=False)} % "
+              f"| {_estimate(row['kl'], images, 1, 4, signed=False)} | {versus} |", flush=True)
 
 
-def _signed(differences: np.ndarray, images: list[Path], scale: float, digits: int) -> str:
-    """A mean paired difference and its standard error, an image evaluated in several splits
-    counted once."""
-    error = standard_error(differences, images)
-    return f"{scale * differences.mean():+.{digits}f} ± {scale * error:.{digits}f}"
+def _estimate(values: np.ndarray, images: list[Path], scale: float, digits: int,
+              signed: bool = True) -> str:
+    """A mean (signed: a paired difference) and its standard error, an image evaluated in several
+    splits counted once."""
+    sign = "+" if signed else ""
+    error = standard_error(values, images)
+    return f"{scale * values.mean():{sign}.{digits}f} ± {scale * error:.{digits}f}"
 
 
 if __name__ == "__main__":

@@ -98,7 +98,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/onnxq-bench/reconstruct"))
     parser.add_argument("--splits", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="*", help="these splits (default: 0 … splits−1)")
-    parser.add_argument("--reuse", action="store_true", help="take the recorded splits; run only those not recorded")
+    parser.add_argument("--reuse", action="store_true",
+                        help="take the recorded splits; run only those not recorded")
     parser.add_argument("--iters", type=int, default=RECONSTRUCT_ITERATIONS)
     parser.add_argument("--budgets", nargs="*", default=["W4A8", "W4A4"], choices=BUDGETS)
     parser.add_argument("--roundings", nargs="*", default=list(ROUNDINGS), choices=ROUNDINGS)
@@ -214,16 +215,16 @@ def _table(rows, records, evaluated, splits, args) -> None:
         gptq = pooled.get((budget, "gptq"))
         versus, kl_versus = "", ""
         if gptq is not None and rounding != "gptq":
-            versus = _paired(same - gptq["agree"], evaluated)
-            kl_versus = f"{divergence.mean() - gptq['kl'].mean():+.4f} ± " \
-                        f"{standard_error(divergence - gptq['kl'], evaluated):.4f}"
+            versus = _estimate(same - gptq["agree"], evaluated)
+            kl_versus = _estimate(divergence - gptq["kl"], evaluated, 1, 4)
         median = statistics.median(r["seconds"] for r in records[budget, rounding])
         base = statistics.median(r["seconds"] for r in records.get((budget, "nearest"),
                                                                    records[budget, rounding]))
         bits = next((f"{r['bits']:.3f}" for r in records[budget, rounding] if "bits" in r), "")
-        print(f"| {budget} | {rounding} | {100 * hits.mean():.2f} % | {_paired(drop, evaluated)} "
-              f"| {100 * same.mean():.2f} ± {100 * standard_error(same, evaluated):.2f} % | {versus} "
-              f"| {divergence.mean():.4f} ± {standard_error(divergence, evaluated):.4f} | {kl_versus} "
+        agreement = _estimate(same, evaluated, signed=False)
+        kl = _estimate(divergence, evaluated, 1, 4, signed=False)
+        print(f"| {budget} | {rounding} | {100 * hits.mean():.2f} % | {_estimate(drop, evaluated)} "
+              f"| {agreement} % | {versus} | {kl} | {kl_versus} "
               f"| {bits} | {median:.0f} | {median / base:.1f}× |", flush=True)
 
 
@@ -245,8 +246,13 @@ def _spread(runs: dict[tuple[str, int], list[tuple[int, dict]]]) -> None:
               f"{np.sqrt(np.mean(variances)):.4f} (standard deviation, {len(variances)} splits)")
 
 
-def _paired(differences: np.ndarray, images: list[Path]) -> str:
-    return f"{100 * differences.mean():+.2f} ± {100 * standard_error(differences, images):.2f}"
+def _estimate(values: np.ndarray, images: list[Path], scale: float = 100.0, digits: int = 2,
+              signed: bool = True) -> str:
+    """A mean (signed: a paired difference) and its standard error, an image evaluated in several
+    splits counted once, e.g. ``+0.45 ± 0.63``."""
+    sign = "+" if signed else ""
+    error = standard_error(values, images)
+    return f"{scale * values.mean():{sign}.{digits}f} ± {scale * error:.{digits}f}"
 
 
 if __name__ == "__main__":
