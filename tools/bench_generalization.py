@@ -30,6 +30,7 @@ from onnxq.models.export import exported_model
 from onnxq.base import progress
 from onnxq.base.constants import RECONSTRUCT_ITERATIONS
 from onnxq.io import data, runtime
+from onnxq.io.preprocessing import Preprocessing
 from onnxq.pipeline import modelio, pass_selection
 from onnxq.pipeline.quantize import quantize_file
 from onnxq.reporting.statistics import standard_error
@@ -76,7 +77,7 @@ def main() -> None:
 
 
 def _views(
-    calibration: data.ImageSet, evaluation: data.ImageSet, preprocessing
+    calibration: data.ImageSet, evaluation: data.ImageSet, preprocessing: Preprocessing
 ) -> dict[str, np.ndarray]:
     """The preprocessed pixels of each set of inputs, by the name of the view."""
     shifted = dataclasses.replace(preprocessing, resize=SHIFTED_RESIZE)
@@ -85,11 +86,12 @@ def _views(
                             _pixels(evaluation, preprocessing))))
 
 
-def _pixels(images: data.ImageSet, preprocessing) -> np.ndarray:
+def _pixels(images: data.ImageSet, preprocessing: Preprocessing) -> np.ndarray:
     return np.concatenate([p for p, _ in data.iter_batches(images, preprocessing, BATCH)])
 
 
-def _model(source: Path, budget: str, rounding: str, calibration: data.ImageSet, args) -> Path:
+def _model(source: Path, budget: str, rounding: str, calibration: data.ImageSet,
+           args: argparse.Namespace) -> Path:
     """The quantized model of one row, written unless ``--reuse`` finds it."""
     seed = args.reconstruct_seed if rounding == "reconstruct" else None
     suffix = f"_rs{seed}" if seed else ""
