@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from onnxq.reporting.statistics import standard_error
+from onnxq.reporting.statistics import estimate, standard_error
 
 
 def test_each_image_once_is_the_usual_standard_error():
@@ -50,3 +50,13 @@ def test_a_constant_difference_and_a_single_image_have_no_error():
 def test_names_must_match_the_values():
     with pytest.raises(ValueError, match="3 values but 2 image names"):
         standard_error([1.0, 2.0, 3.0], ["a", "b"])
+
+
+def test_estimate_formats_the_mean_and_the_per_image_error():
+    differences = np.array([1.0, 0.0, 0.0, -1.0, 1.0, 1.0])
+    names = ["a", "b", "c", "a", "b", "c"]
+    error = standard_error(differences, names)
+    assert estimate(differences, names) == f"+{100 * differences.mean():.2f} ± {100 * error:.2f}"
+    assert estimate(differences, names) == "+33.33 ± 16.67"  # counted independently: ± 33.33
+    assert estimate([0.25, 0.5], scale=1, digits=4, signed=False) == "0.3750 ± 0.1250"
+    assert estimate([-0.02, -0.04]) == "-3.00 ± 1.00"

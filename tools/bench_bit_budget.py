@@ -28,7 +28,7 @@ from onnxq.io import data
 from onnxq.pipeline import modelio, pass_selection
 from onnxq.pipeline.quantize import quantize
 from onnxq.reporting import accounting, evaluate
-from onnxq.reporting.statistics import standard_error
+from onnxq.reporting.statistics import estimate
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION = 128
@@ -108,20 +108,11 @@ def _table(rows: dict[str, list[dict]]) -> None:
     for label, row in pooled.items():
         bits = np.mean([r["bits"] for r in rows[label]])
         kept = np.mean([r["kept"] for r in rows[label]])
-        versus = "" if row is hand else _estimate(row["kl"] - hand["kl"], images, 1, 4)
+        versus = "" if row is hand else estimate(row["kl"] - hand["kl"], images, 1, 4)
         print(f"| {label} | {bits:.3f} | {kept:.0f} | {100 * row['correct'].mean():.2f} % "
-              f"| {_estimate(row['correct'] - fp32, images, 100, 2)} "
-              f"| {_estimate(row['agree'], images, 100, 2, signed=False)} % "
-              f"| {_estimate(row['kl'], images, 1, 4, signed=False)} | {versus} |", flush=True)
-
-
-def _estimate(values: np.ndarray, images: list[Path], scale: float, digits: int,
-              signed: bool = True) -> str:
-    """A mean (signed: a paired difference) and its standard error, an image evaluated in several
-    splits counted once."""
-    sign = "+" if signed else ""
-    error = standard_error(values, images)
-    return f"{scale * values.mean():{sign}.{digits}f} ± {scale * error:.{digits}f}"
+              f"| {estimate(row['correct'] - fp32, images, 100, 2)} "
+              f"| {estimate(row['agree'], images, 100, 2, signed=False)} % "
+              f"| {estimate(row['kl'], images, 1, 4, signed=False)} | {versus} |", flush=True)
 
 
 if __name__ == "__main__":

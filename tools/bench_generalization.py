@@ -33,7 +33,7 @@ from onnxq.io import data, runtime
 from onnxq.io.preprocessing import Preprocessing
 from onnxq.pipeline import modelio, pass_selection
 from onnxq.pipeline.quantize import quantize_file
-from onnxq.reporting.statistics import standard_error
+from onnxq.reporting.statistics import estimate
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH = 32
@@ -61,8 +61,8 @@ def main() -> None:
     preprocessing = modelio.get_preprocessing(modelio.load_model(source))
     calibration, evaluation = data.find_images(args.data).split(CALIBRATION, seed=args.seed)
     inputs = _views(calibration, evaluation, preprocessing)
-    fp32 = {view: runtime.logits(source.read_bytes(), pixels, "cpu", BATCH)
-            for view, pixels in inputs.items()}
+    reference = source.read_bytes()
+    fp32 = {view: runtime.logits(reference, pixels, "cpu", BATCH) for view, pixels in inputs.items()}
     print(f"split {args.seed}: {CALIBRATION} calibration images, "
           f"{len(inputs[VIEWS[-1]])} other images\n")
     print("| budget | rounding | " + " | ".join(f"{view}: KL (± SE), agreement"
@@ -70,8 +70,8 @@ def main() -> None:
     print("|---|---|" + "---|" * len(VIEWS))
     for budget in args.budgets:
         for rounding in args.roundings:
-            model = _model(source, budget, rounding, calibration, args)
-            cells = [_cell(fp32[view], runtime.logits(model.read_bytes(), pixels, "cpu", BATCH))
+            model = _model(source, budget, rounding, calibration, args).read_bytes()
+            cells = [_cell(fp32[view], runtime.logits(model, pixels, "cpu", BATCH))
                      for view, pixels in inputs.items()]
             print(f"| {budget} | {rounding} | " + " | ".join(cells) + " |", flush=True)
 
@@ -105,8 +105,7 @@ def _model(source: Path, budget: str, rounding: str, calibration: data.ImageSet,
 def _cell(fp32: np.ndarray, quantized: np.ndarray) -> str:
     divergences = pass_selection.kl_per_image(fp32, quantized)
     agreement = 100 * float((fp32.argmax(1) == quantized.argmax(1)).mean())
-    return (f"{divergences.mean():.4f} ± {standard_error(divergences):.4f}, "
-            f"{agreement:.1f} %")
+    return f"{estimate(divergences, scale=1, digits=4, signed=False)}, {agreement:.1f} %"
 
 
 if __name__ == "__main__":

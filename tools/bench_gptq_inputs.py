@@ -27,7 +27,7 @@ from onnxq.models.export import exported_model
 from onnxq.pipeline import modelio
 from onnxq.pipeline.quantize import quantize_file
 from onnxq.reporting import evaluate
-from onnxq.reporting.statistics import standard_error
+from onnxq.reporting.statistics import estimate
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION = 128
@@ -82,8 +82,7 @@ def main() -> None:
         inputs, stages = variant
         pooled = np.concatenate(agree[variant])
         difference = pooled.astype(float) - baseline
-        error = standard_error(difference, evaluated)
-        delta = f"{100 * difference.mean():+.2f} ± {100 * error:.2f}" if inputs != "float" else ""
+        delta = estimate(difference, evaluated) if inputs != "float" else ""
         shown = stages if inputs == "quantized" else ""
         agreement = f"{100 * pooled.mean():.2f} %"
         median = statistics.median(seconds[variant])

@@ -36,7 +36,7 @@ from onnxq.io import data
 from onnxq.pipeline import modelio
 from onnxq.pipeline.quantize import quantize
 from onnxq.reporting import evaluate
-from onnxq.reporting.statistics import standard_error
+from onnxq.reporting.statistics import estimate
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION_IMAGES = 128
@@ -76,8 +76,7 @@ def pooled(source: Path, images: data.ImageSet, splits: int) -> list[str]:
     for name in RANGES:
         agreement = np.concatenate(agree[name]).astype(float)
         difference = agreement - np.concatenate(agree["full"])
-        error = standard_error(difference, evaluated)
-        change = "/" if name == "full" else f"{100 * difference.mean():+.2f} ± {100 * error:.2f}"
+        change = "/" if name == "full" else estimate(difference, evaluated)
         top1 = 100 * np.concatenate(correct[name]).mean()
         ratio = np.median(np.divide(seconds[name], seconds["full"]))
         rows.append(f"|W8A8, {name} range|{top1:.2f}|{100 * agreement.mean():.2f}|{change}|"

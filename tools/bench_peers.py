@@ -52,7 +52,7 @@ from onnxq.pipeline import modelio
 from onnxq.pipeline.deploy import deploy
 from onnxq.pipeline.quantize import quantize_file
 from onnxq.reporting import accounting, evaluate
-from onnxq.reporting.statistics import standard_error
+from onnxq.reporting.statistics import estimate
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION_IMAGES = 128
@@ -414,9 +414,7 @@ def w8a8_split_rows(source: Path, images: data.ImageSet, workdir: Path, splits: 
 def _paired(values: np.ndarray, baseline: np.ndarray, images: list[Path]) -> str:
     """Mean paired difference in points with its standard error, ``+0.40 ± 0.21``; an image
     evaluated in several splits counts once."""
-    difference = values.astype(float) - baseline.astype(float)
-    error = standard_error(difference, images)
-    return f"{100 * difference.mean():+.2f} ± {100 * error:.2f}"
+    return estimate(values.astype(float) - baseline.astype(float), images)
 
 
 # ---------------------------------------------------------------------------------------------

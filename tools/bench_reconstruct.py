@@ -56,7 +56,7 @@ from onnxq.models.export import exported_model
 from onnxq.pipeline import modelio, pass_selection
 from onnxq.pipeline.quantize import quantize_file
 from onnxq.reporting import accounting, evaluate
-from onnxq.reporting.statistics import standard_error
+from onnxq.reporting.statistics import estimate
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION = 128
@@ -215,15 +215,15 @@ def _table(rows, records, evaluated, splits, args) -> None:
         gptq = pooled.get((budget, "gptq"))
         versus, kl_versus = "", ""
         if gptq is not None and rounding != "gptq":
-            versus = _estimate(same - gptq["agree"], evaluated)
-            kl_versus = _estimate(divergence - gptq["kl"], evaluated, 1, 4)
+            versus = estimate(same - gptq["agree"], evaluated)
+            kl_versus = estimate(divergence - gptq["kl"], evaluated, 1, 4)
         median = statistics.median(r["seconds"] for r in records[budget, rounding])
         base = statistics.median(r["seconds"] for r in records.get((budget, "nearest"),
                                                                    records[budget, rounding]))
         bits = next((f"{r['bits']:.3f}" for r in records[budget, rounding] if "bits" in r), "")
-        agreement = _estimate(same, evaluated, signed=False)
-        kl = _estimate(divergence, evaluated, 1, 4, signed=False)
-        print(f"| {budget} | {rounding} | {100 * hits.mean():.2f} % | {_estimate(drop, evaluated)} "
+        agreement = estimate(same, evaluated, signed=False)
+        kl = estimate(divergence, evaluated, 1, 4, signed=False)
+        print(f"| {budget} | {rounding} | {100 * hits.mean():.2f} % | {estimate(drop, evaluated)} "
               f"| {agreement} % | {versus} | {kl} | {kl_versus} "
               f"| {bits} | {median:.0f} | {median / base:.1f}× |", flush=True)
 
@@ -244,15 +244,6 @@ def _spread(runs: dict[tuple[str, int], list[tuple[int, dict]]]) -> None:
     for budget, variances in deviations.items():
         print(f"\n{budget}: a run's mean KL divergence varies between optimisation seeds by "
               f"{np.sqrt(np.mean(variances)):.4f} (standard deviation, {len(variances)} splits)")
-
-
-def _estimate(values: np.ndarray, images: list[Path], scale: float = 100.0, digits: int = 2,
-              signed: bool = True) -> str:
-    """A mean (signed: a paired difference) and its standard error, an image evaluated in several
-    splits counted once, e.g. ``+0.45 ± 0.63``."""
-    sign = "+" if signed else ""
-    error = standard_error(values, images)
-    return f"{scale * values.mean():{sign}.{digits}f} ± {scale * error:.{digits}f}"
 
 
 if __name__ == "__main__":

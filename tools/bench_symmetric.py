@@ -25,7 +25,7 @@ from onnxq.io import data
 from onnxq.pipeline import modelio
 from onnxq.pipeline.quantize import quantize
 from onnxq.reporting import evaluate
-from onnxq.reporting.statistics import standard_error
+from onnxq.reporting.statistics import estimate
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION_IMAGES = 128
@@ -71,8 +71,7 @@ def main() -> None:
             cells += [f"{result.top1:.2f}", f"{fp32.agreement(result):.1f}"]
             print(f"  {bits}-bit {scheme} gs {gs} {symmetric_range}: {result.top1:.2f}", flush=True)
         difference = correct["restricted"].astype(float) - correct["full"]
-        error = standard_error(difference)
-        change = f"{100 * difference.mean():+.2f} ± {100 * error:.2f}"
+        change = estimate(difference)
         lines.append(f"|W{bits} {scheme}|{gs or '/'}|" + "|".join(cells) + f"|{change}|")
     print(f"\nEfficientNet-Lite0, weight-only, round to nearest, {len(evaluation)} images\n")
     print("\n".join(lines))

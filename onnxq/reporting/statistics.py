@@ -32,3 +32,13 @@ def standard_error(values: Sequence[float] | np.ndarray,
     sums = np.zeros(len(index))
     np.add.at(sums, [index[name] for name in images], values - values.mean())
     return float(np.sqrt(len(index) / (len(index) - 1) * (sums**2).sum()) / len(values))
+
+
+def estimate(values: Sequence[float] | np.ndarray, images: Sequence[object] | None = None,
+             scale: float = 100.0, digits: int = 2, signed: bool = True) -> str:
+    """``mean ± standard error`` of ``values`` times ``scale`` (100: shares in points), e.g.
+    ``+0.45 ± 0.63``; ``signed`` for a paired difference, ``images`` as in ``standard_error``."""
+    values = np.asarray(values, np.float64).ravel()
+    sign = "+" if signed else ""
+    error = standard_error(values, images)
+    return f"{scale * values.mean():{sign}.{digits}f} ± {scale * error:.{digits}f}"
